@@ -1,0 +1,1 @@
+"""The FastAPI front end: uploads, job specs, polling, downloads. Never imports torch."""

@@ -1,0 +1,1 @@
+"""The `pqz` command line: local compression tools, and later the service client."""

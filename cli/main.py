@@ -1,0 +1,48 @@
+"""The `pqz` entry point: one typer app; every expected error becomes one line and exit status 1."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli import local
+from cli.output import fail
+
+app = typer.Typer(
+    name="pqz",
+    help="Make trained PyTorch models 20-60x smaller: prune, product-quantize, package as .pqz.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+local.register(app)
+
+
+def main() -> None:
+    """Console script: run the app, turning usage, domain and I/O errors into one clear line."""
+    from compression.errors import CompressionError
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as exit_:
+        code = exit_.exit_code
+    except typer.Abort:
+        fail("interrupted", code=130)
+    except CompressionError as error:
+        fail(str(error))
+    except OSError as error:
+        target = f": {error.filename}" if error.filename else ""
+        fail(f"{error.strerror or error}{target}")
+    except Exception as error:
+        # Usage errors: typer's (possibly vendored) click exceptions, known by their interface.
+        if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
+            raise
+        context = getattr(error, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if error.exit_code == 2 and context else ""
+        fail(f"{error.format_message()}{hint}", code=error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Configs of the compression stages: frozen, validated on creation, strict `from_dict`.
+
+Per-layer rules follow one pattern everywhere: a default, overridden by module type
+(`"Linear"`, `"Conv2d"`) and then by module name (a regular expression that must match the
+whole name); an override of `None` skips the layer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from compression.errors import InvalidConfigError
+
+SUPPORTED_LAYER_TYPES = ("Linear", "Conv2d")
+MAX_CENTROIDS = 256  # codes are stored in 8 bits or fewer
+MAX_BLOCK_SIZE = 64
+
+Rule = TypeVar("Rule")
+
+
+def check_keys(data: object, allowed: tuple[str, ...], where: str) -> Mapping[str, Any]:
+    """Return `data` as a mapping after rejecting unknown keys, naming the first one."""
+    if not isinstance(data, Mapping):
+        raise InvalidConfigError(f"{where} must be an object, got {type(data).__name__}")
+    for key in data:
+        if key not in allowed:
+            raise InvalidConfigError(
+                f"unknown field '{key}' in {where} (allowed: {', '.join(allowed)})"
+            )
+    return data
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    low: float,
+    high: float,
+    integer: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Reject a value that is not a finite number in [low, high] (or [low, high))."""
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an integer" if integer else "a number"
+        raise InvalidConfigError(f"{name} must be {expected}, got {value!r}")
+    number = float(value)
+    too_high = number >= high if high_open else number > high
+    if not math.isfinite(number) or number < low or too_high:
+        bracket = ")" if high_open else "]"
+        raise InvalidConfigError(f"{name} {value!r} is outside [{low:g}, {high:g}{bracket}")
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidConfigError(f"{name} {value!r} is not one of {', '.join(choices)}")
+
+
+def check_overrides(module_types: Mapping[str, object], modules: Mapping[str, object]) -> None:
+    for type_name in module_types:
+        check_choice(type_name, "module type", SUPPORTED_LAYER_TYPES)
+    for pattern in modules:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise InvalidConfigError(
+                f"module name pattern {pattern!r} is not a valid regular expression: {error}"
+            ) from None
+
+
+def resolve_rule(
+    name: str,
+    type_name: str,
+    default: Rule | None,
+    module_types: Mapping[str, Rule | None],
+    modules: Mapping[str, Rule | None],
+) -> Rule | None:
+    """The rule for one layer: the first matching name pattern's, else its type's, else default."""
+    for pattern, rule in modules.items():
+        if re.fullmatch(pattern, name):
+            return rule
+    if type_name in module_types:
+        return module_types[type_name]
+    return default
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PruneRule:
+    """How much of one layer to prune: exactly one of `sparsity` or `threshold`."""
+
+    sparsity: float | None = None
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sparsity is None) == (self.threshold is None):
+            raise InvalidConfigError(
+                "a prune rule takes exactly one of sparsity or threshold, "
+                f"got sparsity={self.sparsity!r}, threshold={self.threshold!r}"
+            )
+        if self.sparsity is not None:
+            check_number(self.sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
+        if self.threshold is not None:
+            check_number(self.threshold, "threshold", low=0.0, high=math.inf, high_open=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.sparsity is not None:
+            return {"sparsity": self.sparsity}
+        return {"threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "prune rule") -> PruneRule:
+        values = check_keys(data, ("sparsity", "threshold"), where)
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PruneConfig:
+    """Magnitude pruning of Linear and Conv2d weights.
+
+    `sparsity=0.5` on the 2x2 weight [[0.1, -0.4], [0.3, -0.2]] zeroes the two smallest
+    magnitudes: [[0, -0.4], [0.3, 0]]. `threshold=0.25` zeroes every |w| < 0.25, the same here.
+    With `scope="global"` a sparsity is reached over all default-ruled layers together, so
+    layers with many small weights lose more of them.
+    """
+
+    sparsity: float | None = None
+    threshold: float | None = None
+    scope: Literal["layer", "global"] = "layer"
+    module_types: Mapping[str, PruneRule | None] = field(default_factory=dict)
+    modules: Mapping[str, PruneRule | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None or self.threshold is not None:
+            PruneRule(sparsity=self.sparsity, threshold=self.threshold)
+        check_choice(self.scope, "prune scope", ("layer", "global"))
+        check_overrides(self.module_types, self.modules)
+
+    @property
+    def default(self) -> PruneRule | None:
+        if self.sparsity is None and self.threshold is None:
+            return None
+        return PruneRule(sparsity=self.sparsity, threshold=self.threshold)
+
+    def rule_for(self, name: str, type_name: str) -> PruneRule | None:
+        return resolve_rule(name, type_name, self.default, self.module_types, self.modules)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sparsity": self.sparsity,
+            "threshold": self.threshold,
+            "scope": self.scope,
+            "module_types": _rules_to_dict(self.module_types),
+            "modules": _rules_to_dict(self.modules),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "prune") -> PruneConfig:
+        values = dict(check_keys(data, _field_names(cls), where))
+        for key in ("module_types", "modules"):
+            if key in values:
+                values[key] = _rules_from_dict(values[key], PruneRule, f"{where}.{key}")
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QuantRule:
+    """A per-layer override of the quantization settings; unset fields keep the default's."""
+
+    method: Literal["pq", "kmeans"] | None = None
+    block_size: int | None = None
+    n_centroids: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            check_choice(self.method, "quantization method", ("pq", "kmeans"))
+        if self.block_size is not None:
+            check_number(self.block_size, "block_size", low=1, high=MAX_BLOCK_SIZE, integer=True)
+        if self.n_centroids is not None:
+            check_number(self.n_centroids, "n_centroids", low=2, high=MAX_CENTROIDS, integer=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "block_size": self.block_size,
+            "n_centroids": self.n_centroids,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "quantize rule") -> QuantRule:
+        return cls(**check_keys(data, _field_names(cls), where))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QuantConfig:
+    """Weight sharing for Linear and Conv2d weights.
+
+    `method="pq"` cuts the flattened weight into sub-vectors of `block_size` values and replaces
+    each by the nearest of `n_centroids` shared centroids (k-means, k-means++ start), so a layer
+    becomes a small fp16 codebook plus one code per sub-vector. With block_size=2 and
+    n_centroids=2 the row [0.9, 1.1, -1.0, -0.8] becomes codes [0, 1] and codebook
+    [[0.9, 1.1], [-1.0, -0.8]]. `method="kmeans"` is scalar weight sharing (block_size 1).
+    `block_size=None` picks per layer: kh*kw for Conv2d kernels up to 3x3 (9 for 3x3), kw for
+    larger kernels, 4 for Linear and 1x1 convolutions. Pruned weights stay exactly zero and do
+    not pull the centroids. A layer whose codes would not be smaller than its values, or that a
+    rule skips, keeps its values in `fallback_dtype`.
+    """
+
+    method: Literal["pq", "kmeans"] = "pq"
+    block_size: int | None = None
+    n_centroids: int = 256
+    n_iter: int = 25
+    samples_per_centroid: int = 64
+    fallback_dtype: Literal["float32", "float16"] = "float32"
+    seed: int = 0
+    module_types: Mapping[str, QuantRule | None] = field(default_factory=dict)
+    modules: Mapping[str, QuantRule | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        QuantRule(method=self.method, block_size=self.block_size, n_centroids=self.n_centroids)
+        check_number(self.n_iter, "n_iter", low=1, high=1000, integer=True)
+        check_number(
+            self.samples_per_centroid, "samples_per_centroid", low=1, high=1 << 20, integer=True
+        )
+        check_choice(self.fallback_dtype, "fallback_dtype", ("float32", "float16"))
+        check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
+        check_overrides(self.module_types, self.modules)
+
+    @property
+    def default(self) -> QuantRule:
+        return QuantRule(
+            method=self.method, block_size=self.block_size, n_centroids=self.n_centroids
+        )
+
+    def rule_for(self, name: str, type_name: str) -> QuantRule | None:
+        """The layer's effective rule, with the default's values where the override is silent."""
+        rule = resolve_rule(name, type_name, self.default, self.module_types, self.modules)
+        if rule is None:
+            return None
+        return QuantRule(
+            method=rule.method or self.method,
+            block_size=rule.block_size if rule.block_size is not None else self.block_size,
+            n_centroids=rule.n_centroids if rule.n_centroids is not None else self.n_centroids,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "block_size": self.block_size,
+            "n_centroids": self.n_centroids,
+            "n_iter": self.n_iter,
+            "samples_per_centroid": self.samples_per_centroid,
+            "fallback_dtype": self.fallback_dtype,
+            "seed": self.seed,
+            "module_types": _rules_to_dict(self.module_types),
+            "modules": _rules_to_dict(self.modules),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "quantize") -> QuantConfig:
+        values = dict(check_keys(data, _field_names(cls), where))
+        for key in ("module_types", "modules"):
+            if key in values:
+                values[key] = _rules_from_dict(values[key], QuantRule, f"{where}.{key}")
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompressionSpec:
+    """What to do to a model after training: optional pruning, then quantization."""
+
+    prune: PruneConfig | None = None
+    quantize: QuantConfig = field(default_factory=QuantConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prune": None if self.prune is None else self.prune.to_dict(),
+            "quantize": self.quantize.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "spec") -> CompressionSpec:
+        values = check_keys(data, ("prune", "quantize"), where)
+        prune = values.get("prune")
+        return cls(
+            prune=None if prune is None else PruneConfig.from_dict(prune, f"{where}.prune"),
+            quantize=QuantConfig.from_dict(values.get("quantize", {}), f"{where}.quantize"),
+        )
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+def _rules_to_dict(rules: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: None if rule is None else rule.to_dict() for key, rule in rules.items()}
+
+
+def _rules_from_dict(data: object, rule_type: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise InvalidConfigError(f"{where} must be an object, got {type(data).__name__}")
+    return {
+        key: None if value is None else rule_type.from_dict(value, f"{where}[{key!r}]")
+        for key, value in data.items()
+    }

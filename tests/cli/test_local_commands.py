@@ -1,0 +1,127 @@
+"""The `pqz` console script as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compression import build_model, load_pqz
+
+PQZ = str(Path(sys.executable).parent / "pqz")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PQZ, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "lenet5.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("lenet-5").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compressed(checkpoint: Path) -> tuple[Path, dict[str, object]]:
+    out = checkpoint.with_suffix(".pqz")
+    result = run(
+        "compress",
+        str(checkpoint),
+        "--arch",
+        "lenet-5",
+        "--sparsity",
+        "0.9",
+        "--json",
+        "-o",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_compress_writes_a_pqz_and_reports_the_real_ratio(
+    compressed: tuple[Path, dict[str, object]],
+) -> None:
+    path, summary = compressed
+    assert summary["file_size_bytes"] == path.stat().st_size
+    assert summary["compression_ratio"] == pytest.approx(1_724_320 / path.stat().st_size)
+    assert summary["compression_ratio"] > 20
+    assert load_pqz(path).fc1.weight.eq(0).float().mean() == pytest.approx(0.9)
+
+
+def test_inspect_json_has_the_documented_fields(compressed: tuple[Path, dict[str, object]]) -> None:
+    path, _ = compressed
+    result = run("inspect", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["file_size_bytes"] == path.stat().st_size
+    assert info["dense_size_bytes"] == 1_724_320
+    assert info["compression_ratio"] == info["dense_size_bytes"] / info["file_size_bytes"]
+    assert info["checksum_ok"] is True
+    layer = next(layer for layer in info["layers"] if layer["name"] == "fc1.weight")
+    assert layer["shape"] == [500, 800]
+    assert layer["encoding"] == "pq"
+    assert layer["sparsity"] == pytest.approx(0.9)
+    assert layer["size_bytes"] > 0
+
+
+def test_inspect_table_and_decompress(
+    compressed: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    path, _ = compressed
+    table = run("inspect", str(path))
+    assert table.returncode == 0
+    assert "compression ratio" in table.stdout
+    assert "fc1.weight" in table.stdout
+    out = tmp_path / "weights.safetensors"
+    result = run("decompress", str(path), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 1_700_000
+
+
+def test_inspect_of_a_damaged_file_fails_with_one_line(
+    compressed: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    path, _ = compressed
+    damaged = tmp_path / "damaged.pqz"
+    damaged.write_bytes(path.read_bytes()[:-100])
+    result = run("inspect", str(damaged))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--arch", "lenet-6"], 1, "unknown architecture 'lenet-6'"),
+        (["--arch", "lenet-300-100"], 1, "has shape [500, 800] in the checkpoint"),
+        (["--arch", "lenet-5", "--centroids", "999"], 1, "n_centroids 999 is outside [2, 256]"),
+        (["--arch", "lenet-5", "--sparsity", "0.5", "--threshold", "0.1"], 2, "not both"),
+        ([], 2, "Missing option '--arch'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    checkpoint: Path, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    out = tmp_path / "out.pqz"
+    result = run("compress", str(checkpoint), "-o", str(out), *args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_zoo_lists_architectures_with_parameter_counts() -> None:
+    result = run("zoo", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)["architectures"]}
+    assert rows["lenet-300-100"]["parameters"] == 266_610
+    assert rows["resnet18"]["source"] == "torchvision"

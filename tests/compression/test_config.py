@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+
+from compression import CompressionSpec, InvalidConfigError, PruneConfig, QuantConfig, QuantRule
+
+
+def test_spec_round_trips_through_dict() -> None:
+    spec = CompressionSpec(
+        prune=PruneConfig(sparsity=0.8, scope="global", modules={"fc2": None}),
+        quantize=QuantConfig(
+            method="pq",
+            block_size=8,
+            n_centroids=64,
+            module_types={"Conv2d": QuantRule(block_size=9)},
+        ),
+    )
+    assert CompressionSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"quantize": {"n_centroid": 3}}, "unknown field 'n_centroid' in spec.quantize"),
+        ({"prune": {"sparsity": 1.5}}, "sparsity 1.5 is outside [0, 1)"),
+        ({"prune": {"sparsity": 0.5, "threshold": 0.1}}, "exactly one of sparsity or threshold"),
+        ({"quantize": {"n_centroids": 300}}, "n_centroids 300 is outside [2, 256]"),
+        ({"quantize": {"block_size": 0}}, "block_size 0 is outside [1, 64]"),
+        ({"quantize": {"block_size": 2.5}}, "block_size must be an integer, got 2.5"),
+        ({"quantize": {"method": "svd"}}, "quantization method 'svd' is not one of pq, kmeans"),
+        ({"quantize": {"module_types": {"LSTM": None}}}, "module type 'LSTM' is not one of"),
+        ({"quantize": {"modules": {"fc[": None}}}, "module name pattern 'fc[' is not a valid"),
+        (
+            {"quantize": {"modules": {"fc1": {"bits": 4}}}},
+            "unknown field 'bits' in spec.quantize.modules['fc1']",
+        ),
+        ({"quantize": {"n_iter": True}}, "n_iter must be an integer, got True"),
+        ({"prune": {"scope": "row"}}, "prune scope 'row' is not one of layer, global"),
+        ({"extra": 1}, "unknown field 'extra' in spec"),
+        ([], "spec must be an object, got list"),
+    ],
+)
+def test_spec_rejects_invalid_values_naming_the_field(data: object, message: str) -> None:
+    with pytest.raises(InvalidConfigError) as raised:
+        CompressionSpec.from_dict(data)
+    assert message in str(raised.value)
+
+
+def test_layer_rules_prefer_name_over_type_over_default() -> None:
+    config = QuantConfig(
+        n_centroids=128,
+        module_types={"Linear": QuantRule(block_size=8)},
+        modules={r"head\..*": None, "fc1": QuantRule(n_centroids=16)},
+    )
+    assert config.rule_for("fc1", "Linear") == QuantRule(
+        method="pq", block_size=None, n_centroids=16
+    )
+    assert config.rule_for("fc2", "Linear") == QuantRule(method="pq", block_size=8, n_centroids=128)
+    assert config.rule_for("conv", "Conv2d") == QuantRule(
+        method="pq", block_size=None, n_centroids=128
+    )
+    assert config.rule_for("head.out", "Linear") is None

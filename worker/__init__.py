@@ -1,0 +1,1 @@
+"""Celery workers: run the compression pipeline on jobs claimed from the database."""
