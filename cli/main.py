@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import local
+from cli import local, pipeline
 from cli.output import fail
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 local.register(app)
+pipeline.register(app)
 
 
 def main() -> None:

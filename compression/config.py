@@ -125,6 +125,12 @@ class PruneConfig:
     magnitudes: [[0, -0.4], [0.3, 0]]. `threshold=0.25` zeroes every |w| < 0.25, the same here.
     With `scope="global"` a sparsity is reached over all default-ruled layers together, so
     layers with many small weights lose more of them.
+
+    With data and neither `sparsity` nor `threshold`, the thresholds come from a scan: each
+    round prunes every layer as far as its sensitivity curve allows, retrains for
+    `retrain_epochs` at `retrain_lr`, and is kept only while validation accuracy stays within
+    `max_accuracy_drop` (0.003 = 0.3 points) of the baseline. `scan_samples` validation images
+    score each point of a curve (0 = all).
     """
 
     sparsity: float | None = None
@@ -132,12 +138,22 @@ class PruneConfig:
     scope: Literal["layer", "global"] = "layer"
     module_types: Mapping[str, PruneRule | None] = field(default_factory=dict)
     modules: Mapping[str, PruneRule | None] = field(default_factory=dict)
+    max_accuracy_drop: float = 0.003
+    rounds: int = 4
+    retrain_epochs: float = 2.0
+    retrain_lr: float = 0.01
+    scan_samples: int = 2000
 
     def __post_init__(self) -> None:
         if self.sparsity is not None or self.threshold is not None:
             PruneRule(sparsity=self.sparsity, threshold=self.threshold)
         check_choice(self.scope, "prune scope", ("layer", "global"))
         check_overrides(self.module_types, self.modules)
+        check_number(self.max_accuracy_drop, "max_accuracy_drop", low=0.0, high=1.0)
+        check_number(self.rounds, "rounds", low=0, high=100, integer=True)
+        check_number(self.retrain_epochs, "retrain_epochs", low=0.0, high=10_000.0)
+        check_number(self.retrain_lr, "retrain_lr", low=0.0, high=10.0)
+        check_number(self.scan_samples, "scan_samples", low=0, high=1 << 30, integer=True)
 
     @property
     def default(self) -> PruneRule | None:
@@ -155,6 +171,11 @@ class PruneConfig:
             "scope": self.scope,
             "module_types": _rules_to_dict(self.module_types),
             "modules": _rules_to_dict(self.modules),
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "rounds": self.rounds,
+            "retrain_epochs": self.retrain_epochs,
+            "retrain_lr": self.retrain_lr,
+            "scan_samples": self.scan_samples,
         }
 
     @classmethod
@@ -269,26 +290,114 @@ class QuantConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class CompressionSpec:
-    """What to do to a model after training: optional pruning, then quantization."""
+class TrainConfig:
+    """One training run: `epochs` passes of SGD with Nesterov momentum (or Adam), cosine lr.
 
-    prune: PruneConfig | None = None
+    `lr=0.05, epochs=2` over 1,000 steps per epoch starts at 0.05 and ends near 0 after 2,000.
+    """
+
+    epochs: float = 10.0
+    lr: float = 0.05
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        check_number(self.epochs, "epochs", low=0.0, high=10_000.0)
+        check_number(self.lr, "lr", low=0.0, high=10.0)
+        check_number(self.batch_size, "batch_size", low=1, high=1 << 16, integer=True)
+        check_choice(self.optimizer, "optimizer", ("sgd", "adam"))
+        check_number(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        check_number(self.weight_decay, "weight_decay", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinetuneConfig:
+    """Codebook fine-tuning after quantization (Adam, codes and masks fixed).
+
+    `scope="codebooks"` trains the centroids only; `"all"` also biases, norms and unquantized
+    layers. `distill=true` adds a loss towards the uncompressed model's soft predictions.
+    """
+
+    epochs: float = 2.0
+    lr: float = 1e-3
+    batch_size: int = 128
+    distill: bool = False
+    scope: Literal["codebooks", "all"] = "codebooks"
+
+    def __post_init__(self) -> None:
+        check_number(self.epochs, "finetune epochs", low=0.0, high=10_000.0)
+        check_number(self.lr, "finetune lr", low=0.0, high=10.0)
+        check_number(self.batch_size, "finetune batch_size", low=1, high=1 << 16, integer=True)
+        if not isinstance(self.distill, bool):
+            raise InvalidConfigError(
+                f"finetune distill must be true or false, got {self.distill!r}"
+            )
+        check_choice(self.scope, "finetune scope", ("codebooks", "all"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "finetune") -> FinetuneConfig:
+        return cls(**check_keys(data, _field_names(cls), where))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompressionSpec:
+    """A whole compression job: one JSON document, shared by `pqz compress --spec` and the API.
+
+    Without `data` the job is post-training: prune by `prune.sparsity` / `prune.threshold` (or
+    not at all), then quantize; no accuracy is claimed. With `data` it runs the thesis pipeline:
+    baseline, threshold-scan pruning with retraining, quantization, codebook fine-tuning.
+    `prune: null` skips pruning altogether.
+    """
+
+    arch: str | None = None
+    num_classes: int | None = None
+    data: str | None = None
+    prune: PruneConfig | None = field(default_factory=PruneConfig)
     quantize: QuantConfig = field(default_factory=QuantConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("arch", "data"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidConfigError(f"{name} must be a non-empty string, got {value!r}")
+        if self.num_classes is not None:
+            check_number(self.num_classes, "num_classes", low=1, high=1 << 20, integer=True)
+        check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
+        if not isinstance(self.device, str) or not re.fullmatch(
+            r"auto|cpu|cuda(:\d+)?", self.device
+        ):
+            raise InvalidConfigError(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "data": self.data,
             "prune": None if self.prune is None else self.prune.to_dict(),
             "quantize": self.quantize.to_dict(),
+            "finetune": self.finetune.to_dict(),
+            "seed": self.seed,
+            "device": self.device,
         }
 
     @classmethod
     def from_dict(cls, data: object, where: str = "spec") -> CompressionSpec:
-        values = check_keys(data, ("prune", "quantize"), where)
-        prune = values.get("prune")
-        return cls(
-            prune=None if prune is None else PruneConfig.from_dict(prune, f"{where}.prune"),
-            quantize=QuantConfig.from_dict(values.get("quantize", {}), f"{where}.quantize"),
-        )
+        values = dict(check_keys(data, _field_names(cls), where))
+        if "prune" in values and values["prune"] is not None:
+            values["prune"] = PruneConfig.from_dict(values["prune"], f"{where}.prune")
+        if "quantize" in values:
+            values["quantize"] = QuantConfig.from_dict(values["quantize"], f"{where}.quantize")
+        if "finetune" in values:
+            values["finetune"] = FinetuneConfig.from_dict(values["finetune"], f"{where}.finetune")
+        return cls(**values)
 
 
 def _field_names(cls: type) -> tuple[str, ...]:

@@ -172,7 +172,7 @@ def _quantize_layer(
         return _keep(name, module, config, f"too small to gain ({values.numel()} kept weights)")
 
     if block_size == 1:
-        codebook, codes = kmeans_1d(values, k, seed=config.seed)
+        codebook, codes = kmeans_1d(values, k, n_iter=config.n_iter, seed=config.seed)
     else:
         X, M = subvectors(values, block_size)  # (n_sub, d)
         codebook, codes = kmeans(

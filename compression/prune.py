@@ -111,12 +111,12 @@ def prune_(model: nn.Module, config: PruneConfig) -> list[LayerPruning]:
             keep = magnitude >= rule.threshold
         else:
             assert rule.sparsity is not None
-            (keep,) = _keep_largest([magnitude], rule.sparsity)
+            (keep,) = keep_largest([magnitude], rule.sparsity)
         results.append(_apply_mask(name, module, keep))
     if global_group:
         assert config.sparsity is not None
         magnitudes = [weight_of(module).detach().abs() for _, module in global_group]
-        keeps = _keep_largest(magnitudes, config.sparsity)
+        keeps = keep_largest(magnitudes, config.sparsity)
         for (name, module), keep in zip(global_group, keeps, strict=True):
             results.append(_apply_mask(name, module, keep))
     order = {name: index for index, (name, _, _) in enumerate(prunable_layers(model))}
@@ -134,7 +134,7 @@ def _only_masks(module: nn.Module) -> bool:
     return all(isinstance(p, WeightMask) for p in parametrizations_of(module) or ())
 
 
-def _keep_largest(magnitudes: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+def keep_largest(magnitudes: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
     """Masks that prune exactly round(sparsity * n) of the smallest magnitudes, ties by position."""
     flat = torch.cat([magnitude.flatten() for magnitude in magnitudes])  # (n,)
     n_prune = round(sparsity * flat.numel())

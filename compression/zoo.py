@@ -33,6 +33,7 @@ class Architecture:
     num_classes: int = 10
     source: str = "pqz"
     description: str = ""
+    resizes_input: bool = False  # other image sizes are resized to input_shape (documented)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -48,13 +49,15 @@ BUILT_IN = (
         name="lenet-300-100",
         build=nets.LeNet300100,
         input_shape=(1, 28, 28),
-        description="LeNet-300-100, 784-300-100-10 fully connected (MNIST)",
+        description="LeNet-300-100, 784-300-100-10 fully connected (MNIST; resizes to 28x28)",
+        resizes_input=True,
     ),
     Architecture(
         name="lenet-5",
         build=nets.LeNet5,
         input_shape=(1, 28, 28),
-        description="Caffe LeNet-5, 20-50 5x5 convolutions, 500 hidden (MNIST)",
+        description="Caffe LeNet-5, 20-50 5x5 convolutions, 500 hidden (MNIST; resizes to 28x28)",
+        resizes_input=True,
     ),
     Architecture(
         name="alexnet-cifar",

@@ -1,0 +1,310 @@
+"""Data-driven commands: `pqz train`, `pqz eval`, and `pqz compress` (post-training or pipeline).
+
+The library is imported inside each command so that `pqz --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.output import console, fail, layer_table, print_json, totals_table
+from cli.progress import StageBars
+
+if TYPE_CHECKING:
+    import torch
+
+    from compression import CompressionSpec
+    from compression.data import Dataset
+
+
+class Method(StrEnum):
+    pq = "pq"
+    kmeans = "kmeans"
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Where built-in data sets live (default: $PQZ_DATA_DIR).")
+]
+DownloadOption = Annotated[
+    bool, typer.Option(help="Allow downloading a built-in data set that is not on disk.")
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command(name="eval")(evaluate)
+    app.command()(compress)
+
+
+def train(
+    arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
+    data: Annotated[str, typer.Option("--data", help="Data set name, image folder or .npz.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the state dict.")],
+    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 10.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
+    num_classes: Annotated[int | None, typer.Option(help="Default: the data set's.")] = None,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+    device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option(help="Seeds weights, splits and batches.")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Train a baseline model on a data set and save its state dict (seeded, CPU or CUDA)."""
+    import torch
+
+    from compression import build_model
+    from compression.config import TrainConfig
+    from compression.pqz.container import atomic_path
+    from compression.train import evaluate as accuracy
+    from compression.train import train as fit
+
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)
+    target = _device(device)
+    dataset = _dataset(data, data_dir, download, arch, seed)
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes or dataset.num_classes)
+    started = time.perf_counter()
+    with StageBars(enabled=not json_output) as bars:
+        fit(
+            model,
+            dataset,
+            config,
+            device=target,
+            seed=seed,
+            progress=lambda f, m: bars("train", f, m),
+        )
+    duration = time.perf_counter() - started
+    with atomic_path(output) as temporary:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, temporary)
+    result = {
+        "output": str(output),
+        "arch": arch,
+        "data": data,
+        "epochs": epochs,
+        "val_accuracy": accuracy(model, dataset, dataset.val, device=target),
+        "accuracy": accuracy(model, dataset, dataset.test, device=target),
+        "n": len(dataset.test),
+        "duration_s": round(duration, 2),
+    }
+    if json_output:
+        print_json(result)
+    else:
+        console.print(
+            f"wrote {output}: test accuracy {result['accuracy']:.4f} on {result['n']} images, "
+            f"validation {result['val_accuracy']:.4f}, {duration:.0f} s",
+            highlight=False,
+        )
+
+
+def evaluate(
+    file: Annotated[Path, typer.Argument(help="A .pqz file, or a checkpoint with --arch.")],
+    data: Annotated[str, typer.Option("--data", help="Data set name, image folder or .npz.")],
+    arch: Annotated[str | None, typer.Option(help="Architecture of a checkpoint.")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Default: the data set's.")] = None,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+    device: DeviceOption = "auto",
+    json_output: JsonOption = False,
+) -> None:
+    """Test accuracy of a compressed .pqz (from the file alone) or of a checkpoint."""
+    from compression import inspect_pqz, load_checkpoint, load_pqz
+    from compression.pqz.container import MAGIC
+    from compression.train import evaluate as accuracy
+
+    target = _device(device)
+    is_pqz = file.is_file() and file.open("rb").read(len(MAGIC)) == MAGIC
+    if is_pqz:
+        architecture = inspect_pqz(file).architecture["name"]
+        model = load_pqz(file)
+    elif arch is None:
+        fail("a checkpoint needs --arch (a .pqz file names its own architecture)", code=2)
+    else:
+        architecture = arch
+        model = None
+    dataset = _dataset(data, data_dir, download, architecture, 0)
+    if model is None:
+        model = load_checkpoint(file, architecture, num_classes or dataset.num_classes)
+    result = {
+        "accuracy": accuracy(model, dataset, dataset.test, device=target),
+        "n": len(dataset.test),
+        "data": data,
+        "arch": architecture,
+    }
+    if json_output:
+        print_json(result)
+    else:
+        console.print(
+            f"test accuracy {result['accuracy']:.4f} on {result['n']} images", highlight=False
+        )
+
+
+def compress(
+    checkpoint: Annotated[Path, typer.Argument(help="State dict (.pt/.pth, zip) or .safetensors.")],
+    arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .pqz file.")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Run the whole pipeline on this data set (name, folder, .npz)."),
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Classes of the model's last layer.")
+    ] = None,
+    sparsity: Annotated[
+        float | None, typer.Option(help="Prune this fraction of each layer.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Prune every |w| below this.")] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="Scan tolerance on validation accuracy (0.003 = 0.3 points)."),
+    ] = None,
+    method: Annotated[Method | None, typer.Option(help="pq (product) or kmeans (scalar).")] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="Sub-vector size d (default per layer).")
+    ] = None,
+    centroids: Annotated[int | None, typer.Option(help="Centroids per layer, 2..256.")] = None,
+    spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+    device: DeviceOption = "auto",
+    json_output: JsonOption = False,
+) -> None:
+    """Compress a checkpoint into a .pqz: the whole pipeline with --data, else post-training."""
+    if sparsity is not None and threshold is not None:
+        fail("give --sparsity or --threshold, not both", code=2)
+    from compression import load_checkpoint
+    from compression.pipeline import compress_model
+
+    config = _spec(
+        spec,
+        arch,
+        data,
+        num_classes,
+        sparsity,
+        threshold,
+        max_accuracy_drop,
+        method,
+        block_size,
+        centroids,
+    )
+    target = _device(device if device != "auto" else config.device)
+    dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None
+    classes = config.num_classes or (dataset.num_classes if dataset else None)
+    model = load_checkpoint(checkpoint, arch, classes)
+    classes = classes or _default_classes(arch)
+    with StageBars(enabled=not json_output) as bars:
+        info = compress_model(
+            model,
+            config,
+            output,
+            architecture=arch,
+            num_classes=classes,
+            dataset=dataset,
+            device=target,
+            progress=bars,
+        )
+    if json_output:
+        print_json(info.to_dict())
+        return
+    console.print(layer_table(info.layers, f"{output} ({arch})"))
+    console.print(totals_table(info.to_dict()))
+    metrics = info.metrics
+    if "final" in metrics:
+        console.print(
+            f"test accuracy {metrics['baseline']['test_accuracy']:.4f} -> "
+            f"{metrics['final']['test_accuracy']:.4f} on {metrics['final']['test_samples']} images "
+            f"(drop {100 * metrics['accuracy_drop']:.2f} points), "
+            f"weight sparsity {metrics['weight_sparsity']:.1%}",
+            highlight=False,
+        )
+    for layer in metrics["quantize"]["layers"]:
+        if layer["note"]:
+            console.print(
+                f"[dim]{layer['name']}: kept {layer['encoding']} ({layer['note']})[/]",
+                highlight=False,
+            )
+
+
+def _spec(
+    path: Path | None,
+    arch: str,
+    data: str | None,
+    num_classes: int | None,
+    sparsity: float | None,
+    threshold: float | None,
+    max_accuracy_drop: float | None,
+    method: Method | None,
+    block_size: int | None,
+    centroids: int | None,
+) -> CompressionSpec:
+    """The spec file (or defaults), with the command line's options taking precedence."""
+    from compression import CompressionSpec, InvalidConfigError
+    from compression.config import PruneConfig, QuantConfig
+
+    config = CompressionSpec()
+    if path is not None:
+        try:
+            config = CompressionSpec.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as error:
+            raise InvalidConfigError(f"spec {path} is not valid JSON: {error}") from None
+    config = dataclasses.replace(
+        config, arch=arch, data=data or config.data, num_classes=num_classes or config.num_classes
+    )
+    prune: dict[str, Any] = {}
+    if sparsity is not None or threshold is not None:
+        prune |= {"sparsity": sparsity, "threshold": threshold}
+    if max_accuracy_drop is not None:
+        prune["max_accuracy_drop"] = max_accuracy_drop
+    if prune:
+        base = config.prune or PruneConfig()
+        config = dataclasses.replace(config, prune=dataclasses.replace(base, **prune))
+    quantize = {
+        "method": method and method.value,
+        "block_size": block_size,
+        "n_centroids": centroids,
+    }
+    quantize = {key: value for key, value in quantize.items() if value is not None}
+    if quantize:
+        merged = QuantConfig.from_dict({**config.quantize.to_dict(), **quantize})
+        config = dataclasses.replace(config, quantize=merged)
+    return config
+
+
+def _dataset(source: str, data_dir: Path | None, download: bool, arch: str, seed: int) -> Dataset:
+    from compression import get_architecture
+    from compression.data import fit_to, load_dataset
+
+    architecture = get_architecture(arch)
+    dataset = load_dataset(source, data_dir=data_dir, download=download, seed=seed)
+    return fit_to(dataset, architecture.input_shape, architecture.resizes_input, arch)
+
+
+def _default_classes(arch: str) -> int:
+    from compression import get_architecture
+
+    return get_architecture(arch).num_classes
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    from compression import InvalidConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidConfigError(f"device {name!r} is not cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device

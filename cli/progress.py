@@ -1,0 +1,43 @@
+"""A rich progress bar per pipeline stage, on stderr so that `--json` output stays clean."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+class StageBars:
+    """Callable as `progress(stage, fraction, message)`; one bar per stage, created on first use."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[message]}"),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=1.0, message="")
+        self.progress.update(
+            self.tasks[stage], completed=min(max(fraction, 0.0), 1.0), message=message
+        )
+
+    def __enter__(self) -> StageBars:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.progress.stop()

@@ -1,0 +1,175 @@
+"""Threshold-scan pruning: per-layer sensitivity curves, then pruning rounds with retraining.
+
+The sensitivity of a layer is validation accuracy as a function of its pruning threshold,
+every other layer left as it is. A round prunes each layer to the largest threshold whose own
+accuracy drop stays within a budget, retrains with the masks in force, and is kept only if the
+validation accuracy stays within `max_accuracy_drop` of the baseline; otherwise the round is
+undone and the budget halved. Rounds stop when no layer can go further.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.config import PruneConfig, PruneRule, resolve_rule
+from compression.prune import get_mask, keep_largest, prunable_layers, prune_, weight_of
+
+LEVELS = (
+    0.3,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.85,
+    0.9,
+    0.92,
+    0.94,
+    0.95,
+    0.96,
+    0.97,
+    0.98,
+    0.985,
+    0.99,
+    0.995,
+)
+
+_SCANNED = PruneRule(sparsity=0.0)  # marks "no override: scan this layer" (compared by identity)
+Score = Callable[[nn.Module], float]  # model -> validation accuracy (0..1)
+Retrain = Callable[[nn.Module, int], None]  # (model, round) -> None, trains in place
+Report = Callable[[float, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SensitivityCurve:
+    """Validation accuracy of the model with one layer pruned at each threshold."""
+
+    name: str
+    sparsity: list[float]
+    threshold: list[float]
+    accuracy: list[float]
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What the rounds did: their curves, chosen sparsities and accuracies, for the manifest."""
+
+    baseline_accuracy: float
+    final_accuracy: float = 0.0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sensitivity(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    score: Score,
+    levels: tuple[float, ...] = LEVELS,
+) -> list[SensitivityCurve]:
+    """Scan each layer alone over the sparsity levels above its current one."""
+    curves = []
+    for name, module in layers:
+        mask = get_mask(module)
+        assert mask is not None, "layers are masked before the scan"
+        saved = mask.clone()
+        current = 1.0 - float(saved.float().mean())
+        magnitude = weight_of(module).detach().abs()
+        points: tuple[list[float], list[float], list[float]] = ([], [], [])
+        for level in (level for level in levels if level > current + 1e-9):
+            (keep,) = keep_largest([magnitude], level)
+            with torch.no_grad():
+                mask &= keep
+            points[0].append(level)
+            points[1].append(float(magnitude[~keep].max()) if bool((~keep).any()) else 0.0)
+            points[2].append(score(model))
+            with torch.no_grad():
+                mask.copy_(saved)
+        curves.append(SensitivityCurve(name, *points))
+    return curves
+
+
+def choose(curves: list[SensitivityCurve], reference: float, budget: float) -> dict[str, float]:
+    """Per layer, the highest level reached before the accuracy first drops more than `budget`."""
+    chosen = {}
+    for curve in curves:
+        for level, accuracy in zip(curve.sparsity, curve.accuracy, strict=True):
+            if reference - accuracy > budget:
+                break
+            chosen[curve.name] = level
+    return chosen
+
+
+def prune_by_scan_(
+    model: nn.Module,
+    config: PruneConfig,
+    *,
+    scan_score: Score,
+    val_score: Score,
+    retrain: Retrain,
+    report: Report | None = None,
+) -> ScanResult:
+    """Prune `model` in place by threshold scans and retraining rounds (see module docstring)."""
+    layers = []
+    for name, module, type_name in prunable_layers(model):
+        rule = resolve_rule(name, type_name, _SCANNED, config.module_types, config.modules)
+        if rule is None:
+            continue
+        if rule is not _SCANNED:  # a fixed rule for this layer: applied once, not scanned
+            prune_(model, PruneConfig(modules={re.escape(name): rule}))
+            continue
+        layers.append((name, module))
+    # Every scanned layer gets a mask (all kept) so that the scan can tighten it in place.
+    prune_(
+        model, PruneConfig(modules={re.escape(name): PruneRule(sparsity=0.0) for name, _ in layers})
+    )
+    baseline = val_score(model)
+    result = ScanResult(baseline_accuracy=baseline, final_accuracy=baseline)
+    budget = max(2 * config.max_accuracy_drop, 0.005)
+    accepted = copy.deepcopy(model.state_dict())
+    for round_index in range(config.rounds):
+        if report is not None:
+            report(
+                round_index / config.rounds,
+                f"round {round_index + 1}: scanning {len(layers)} layers",
+            )
+        reference = scan_score(model)
+        curves = sensitivity(model, layers, scan_score)
+        chosen = choose(curves, reference, budget)
+        if not chosen:
+            break
+        rules = {re.escape(name): PruneRule(sparsity=level) for name, level in chosen.items()}
+        prune_(model, PruneConfig(modules=rules))
+        retrain(model, round_index)
+        accuracy = val_score(model)
+        kept = baseline - accuracy <= config.max_accuracy_drop
+        result.rounds.append(
+            {
+                "round": round_index + 1,
+                "budget": budget,
+                "chosen_sparsity": chosen,
+                "val_accuracy": accuracy,
+                "kept": kept,
+                "curves": [asdict(curve) for curve in curves],
+            }
+        )
+        if kept:
+            accepted = copy.deepcopy(model.state_dict())
+            result.final_accuracy = accuracy
+        else:
+            model.load_state_dict(accepted)
+            budget /= 2
+        if report is not None:
+            state = "kept" if kept else "undone"
+            report(
+                (round_index + 1) / config.rounds,
+                f"round {round_index + 1} {state}: val {accuracy:.4f}",
+            )
+    return result

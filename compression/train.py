@@ -1,0 +1,141 @@
+"""Training and evaluation loops: seeded, CPU or CUDA (bf16 autocast on CUDA), masks respected.
+
+Pruning masks and quantization codes live in weight parametrizations, so the same loop serves
+baseline training, masked retraining and codebook fine-tuning: what it optimises is whatever
+`parameters` it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compression.config import TrainConfig
+from compression.data import Dataset, Split, batches
+
+Progress = Callable[[float, str], None]  # (fraction done 0..1, message)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """bf16 mixed precision on CUDA (no loss scaling needed); plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    parameters: Iterable[nn.Parameter] | None = None,
+    teacher: nn.Module | None = None,
+    progress: Progress | None = None,
+) -> list[float]:
+    """Train in place; returns the mean loss of each epoch. With a `teacher`, the loss adds
+    distillation towards its soft predictions (temperature 4)."""
+    params = [
+        p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad
+    ]
+    steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    if not params or config.epochs == 0:
+        return []
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=True,
+        )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    losses: list[float] = []
+    step = 0
+    started = time.perf_counter()
+    while step < total_steps:
+        epoch_loss, epoch_batches = 0.0, 0
+        for x, y in _epoch(dataset, config.batch_size, device, generator):
+            with autocast(device):
+                logits = model(x)  # (batch, classes)
+                loss = F.cross_entropy(logits.float(), y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = teacher(x).float()
+                    loss = loss + _distillation(logits.float(), soft)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            epoch_loss += float(loss.detach())
+            epoch_batches += 1
+            step += 1
+            if progress is not None and (step % 20 == 0 or step == total_steps):
+                elapsed = time.perf_counter() - started
+                progress(
+                    step / total_steps,
+                    f"step {step}/{total_steps}, loss {float(loss.detach()):.3f}, {elapsed:.0f} s",
+                )
+            if step >= total_steps:
+                break
+        losses.append(epoch_loss / max(epoch_batches, 1))
+    model.eval()
+    return losses
+
+
+def _epoch(
+    dataset: Dataset, batch_size: int, device: torch.device, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    return batches(
+        dataset,
+        dataset.train,
+        batch_size=batch_size,
+        device=device,
+        shuffle=True,
+        augment=dataset.augment,
+        generator=generator,
+    )
+
+
+def _distillation(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    soft_targets = F.softmax(teacher_logits / temperature, dim=1)
+    log_probs = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(log_probs, soft_targets, reduction="batchmean") * temperature**2
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    split: Split,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    limit: int | None = None,
+) -> float:
+    """Top-1 accuracy (0..1) on `split` (its first `limit` samples when given)."""
+    model.to(device).eval()
+    if limit is not None and limit < len(split):
+        split = Split(split.x[:limit], split.y[:limit])
+    correct = 0
+    for x, y in batches(dataset, split, batch_size=batch_size, device=device):
+        with autocast(device):
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(len(split), 1)
