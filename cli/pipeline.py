@@ -122,7 +122,10 @@ def evaluate(
     from compression.train import evaluate as accuracy
 
     target = _device(device)
-    is_pqz = file.is_file() and file.open("rb").read(len(MAGIC)) == MAGIC
+    is_pqz = False
+    if file.is_file():
+        with file.open("rb") as handle:
+            is_pqz = handle.read(len(MAGIC)) == MAGIC
     if is_pqz:
         architecture = inspect_pqz(file).architecture["name"]
         model = load_pqz(file)

@@ -139,7 +139,7 @@ class PruneConfig:
     module_types: Mapping[str, PruneRule | None] = field(default_factory=dict)
     modules: Mapping[str, PruneRule | None] = field(default_factory=dict)
     max_accuracy_drop: float = 0.003
-    rounds: int = 4
+    rounds: int = 6
     retrain_epochs: float = 2.0
     retrain_lr: float = 0.01
     scan_samples: int = 2000
@@ -165,26 +165,11 @@ class PruneConfig:
         return resolve_rule(name, type_name, self.default, self.module_types, self.modules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "sparsity": self.sparsity,
-            "threshold": self.threshold,
-            "scope": self.scope,
-            "module_types": _rules_to_dict(self.module_types),
-            "modules": _rules_to_dict(self.modules),
-            "max_accuracy_drop": self.max_accuracy_drop,
-            "rounds": self.rounds,
-            "retrain_epochs": self.retrain_epochs,
-            "retrain_lr": self.retrain_lr,
-            "scan_samples": self.scan_samples,
-        }
+        return _fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "prune") -> PruneConfig:
-        values = dict(check_keys(data, _field_names(cls), where))
-        for key in ("module_types", "modules"):
-            if key in values:
-                values[key] = _rules_from_dict(values[key], PruneRule, f"{where}.{key}")
-        return cls(**values)
+        return cls(**_fields_from_dict(cls, data, PruneRule, where))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -268,25 +253,11 @@ class QuantConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "block_size": self.block_size,
-            "n_centroids": self.n_centroids,
-            "n_iter": self.n_iter,
-            "samples_per_centroid": self.samples_per_centroid,
-            "fallback_dtype": self.fallback_dtype,
-            "seed": self.seed,
-            "module_types": _rules_to_dict(self.module_types),
-            "modules": _rules_to_dict(self.modules),
-        }
+        return _fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "quantize") -> QuantConfig:
-        values = dict(check_keys(data, _field_names(cls), where))
-        for key in ("module_types", "modules"):
-            if key in values:
-                values[key] = _rules_from_dict(values[key], QuantRule, f"{where}.{key}")
-        return cls(**values)
+        return cls(**_fields_from_dict(cls, data, QuantRule, where))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -337,7 +308,7 @@ class FinetuneConfig:
         check_choice(self.scope, "finetune scope", ("codebooks", "all"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _field_names(type(self))}
+        return _fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "finetune") -> FinetuneConfig:
@@ -402,6 +373,24 @@ class CompressionSpec:
 
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+def _fields_to_dict(config: object) -> dict[str, Any]:
+    """Every field by name; per-layer rule maps become plain dicts."""
+    values = {name: getattr(config, name) for name in _field_names(type(config))}
+    for key in ("module_types", "modules"):
+        if key in values:
+            values[key] = _rules_to_dict(values[key])
+    return values
+
+
+def _fields_from_dict(cls: type, data: object, rule_type: Any, where: str) -> dict[str, Any]:
+    """Keyword arguments for `cls` from JSON-like data, rule maps made into rule objects."""
+    values = dict(check_keys(data, _field_names(cls), where))
+    for key in ("module_types", "modules"):
+        if key in values:
+            values[key] = _rules_from_dict(values[key], rule_type, f"{where}.{key}")
+    return values
 
 
 def _rules_to_dict(rules: Mapping[str, Any]) -> dict[str, Any]:

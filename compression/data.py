@@ -238,7 +238,7 @@ def _read_idx(path: Path) -> np.ndarray:
         raise InvalidConfigError(
             f"{path} holds {len(data) - offset} bytes, its header says {shape}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape).copy()
 
 
 def _find(folders: list[Path], stem: str) -> Path | None:

@@ -1,8 +1,9 @@
 """The thesis pipeline as stages: baseline, prune (scan + retrain), quantize, fine-tune, package.
 
-`compress_model` runs them in order for the `pqz compress` command; the service's worker drives
-the same stages and turns the `progress` callback into job events. Every stage's accuracy,
-sparsity and duration goes into the `.pqz` manifest.
+`Pipeline` holds one model through its stages, each a method that a caller can drive on its
+own (the service's worker records a job event per stage through `progress`);
+`compress_model` runs them all for `pqz compress`. Every stage's accuracy, sparsity and
+duration goes into the `.pqz` manifest.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from compression.data import Dataset
 from compression.finetune import finetune
 from compression.pq import quantize_
 from compression.pqz import PqzInfo, save_pqz
-from compression.prune import get_mask, prunable_layers, prune_, weight_of
+from compression.prune import clone_model, get_mask, prunable_layers, prune_, weight_of
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, train
 
@@ -40,6 +41,169 @@ def weight_sparsity(model: nn.Module) -> float:
     return zeros / max(total, 1)
 
 
+@dataclasses.dataclass(slots=True)
+class Pipeline:
+    """One model on its way to a `.pqz`; `metrics` fills up stage by stage."""
+
+    model: nn.Module
+    spec: CompressionSpec
+    dataset: Dataset | None
+    device: torch.device
+    progress: StageProgress | None = None
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device).eval()
+        self.metrics.setdefault("mode", "pipeline" if self.dataset is not None else "post-training")
+        self.metrics.setdefault("device", str(self.device))
+        self.metrics.setdefault("duration_s", {})
+
+    def fork(self, spec: CompressionSpec) -> Pipeline:
+        """A copy of this pipeline's model and metrics that goes on with another spec."""
+        return Pipeline(
+            clone_model(self.model),
+            spec,
+            self.dataset,
+            self.device,
+            self.progress,
+            copy.deepcopy(self.metrics),
+            self.teacher,
+        )
+
+    def report(self, stage: str) -> Callable[[float, str], None]:
+        def send(fraction: float, message: str) -> None:
+            if self.progress is not None:
+                self.progress(stage, fraction, message)
+
+        return send
+
+    def _done(self, stage: str, started: float) -> None:
+        self.metrics["duration_s"][stage] = round(time.perf_counter() - started, 3)
+        self.report(stage)(1.0, f"done in {self.metrics['duration_s'][stage]:.1f} s")
+
+    def baseline(self) -> None:
+        if self.dataset is None:
+            return
+        started = time.perf_counter()
+        self.report("baseline")(0.0, "evaluating the uncompressed model")
+        self.metrics["data"] = self.dataset.name
+        self.metrics["baseline"] = self._accuracies()
+        if self.spec.finetune.distill:
+            self.teacher = clone_model(self.model)
+        self._done("baseline", started)
+
+    def prune(self) -> None:
+        started = time.perf_counter()
+        if self.spec.prune is not None:
+            self.metrics["prune"] = self._prune()
+        self._done("prune", started)
+
+    def quantize(self) -> None:
+        started = time.perf_counter()
+        layers = prunable_layers(self.model)
+        self.report("quantize")(0.0, f"{self.spec.quantize.method} on {len(layers)} layers")
+        results = quantize_(self.model, self.spec.quantize)
+        self.metrics["quantize"] = {"layers": [dataclasses.asdict(layer) for layer in results]}
+        if self.dataset is not None:
+            accuracy = evaluate(self.model, self.dataset, self.dataset.val, device=self.device)
+            self.metrics["quantize"]["val_accuracy"] = accuracy
+        self._done("quantize", started)
+
+    def finetune(self) -> None:
+        if self.dataset is None:
+            return
+        started = time.perf_counter()
+        losses = finetune(
+            self.model,
+            self.dataset,
+            self.spec.finetune,
+            device=self.device,
+            seed=self.spec.seed,
+            teacher=self.teacher,
+            progress=self.report("finetune"),
+        )
+        self.metrics["finetune"] = {"epoch_loss": losses}
+        self.metrics["final"] = self._accuracies()
+        baseline = self.metrics["baseline"]["test_accuracy"]
+        self.metrics["accuracy_drop"] = baseline - self.metrics["final"]["test_accuracy"]
+        self._done("finetune", started)
+
+    def package(
+        self, output: str | os.PathLike[str], *, architecture: str, num_classes: int
+    ) -> PqzInfo:
+        started = time.perf_counter()
+        self.report("package")(0.0, f"writing {output}")
+        self.metrics["weight_sparsity"] = weight_sparsity(self.model)
+        info = save_pqz(
+            self.model,
+            output,
+            architecture=architecture,
+            num_classes=num_classes,
+            spec=self.spec.to_dict(),
+            metrics=self.metrics,
+        )
+        self._done("package", started)
+        return info
+
+    def _accuracies(self) -> dict[str, float]:
+        assert self.dataset is not None
+        return {
+            "val_accuracy": evaluate(
+                self.model, self.dataset, self.dataset.val, device=self.device
+            ),
+            "test_accuracy": evaluate(
+                self.model, self.dataset, self.dataset.test, device=self.device
+            ),
+            "test_samples": len(self.dataset.test),
+        }
+
+    def _prune(self) -> dict[str, Any]:
+        config, dataset, device, model = self.spec.prune, self.dataset, self.device, self.model
+        assert config is not None
+        report = self.report("prune")
+        retrain = TrainConfig(epochs=config.retrain_epochs, lr=config.retrain_lr)
+        if dataset is None or config.sparsity is not None or config.threshold is not None:
+            report(0.0, "pruning by magnitude")
+            layers = prune_(model, config)
+            result: dict[str, Any] = {"layers": [dataclasses.asdict(layer) for layer in layers]}
+            if dataset is not None and config.retrain_epochs > 0:
+                train(model, dataset, retrain, device=device, seed=self.spec.seed, progress=report)
+                result["val_accuracy"] = evaluate(model, dataset, dataset.val, device=device)
+            result["sparsity"] = weight_sparsity(model)
+            return result
+
+        limit = config.scan_samples or None
+
+        def scan_score(candidate: nn.Module) -> float:
+            return evaluate(candidate, dataset, dataset.val, device=device, limit=limit)
+
+        def val_score(candidate: nn.Module) -> float:
+            return evaluate(candidate, dataset, dataset.val, device=device)
+
+        def retrain_round(candidate: nn.Module, round_index: int) -> None:
+            seed = self.spec.seed + round_index
+            train(candidate, dataset, retrain, device=device, seed=seed, progress=report)
+
+        scan = prune_by_scan_(
+            model,
+            config,
+            scan_score=scan_score,
+            val_score=val_score,
+            retrain=retrain_round,
+            report=report,
+        )
+        return {
+            **scan.to_dict(),
+            "sparsity": weight_sparsity(model),
+            "layers": {
+                name: 1.0 - float(mask.float().mean())
+                for name, module, _ in prunable_layers(model)
+                if (mask := get_mask(module)) is not None
+            },
+        }
+
+
 def compress_model(
     model: nn.Module,
     spec: CompressionSpec,
@@ -51,140 +215,10 @@ def compress_model(
     device: torch.device,
     progress: StageProgress | None = None,
 ) -> PqzInfo:
-    """Compress `model` in place by `spec` and write the `.pqz`; returns what was written."""
-
-    def report(stage: str) -> Callable[[float, str], None]:
-        return lambda fraction, message: progress(stage, fraction, message) if progress else None
-
-    model.to(device).eval()
-    metrics: dict[str, Any] = {
-        "mode": "pipeline" if dataset is not None else "post-training",
-        "device": str(device),
-        "duration_s": {},
-    }
-    durations: dict[str, float] = metrics["duration_s"]
-    teacher = None
-
-    def timed(stage: str, started: float) -> None:
-        durations[stage] = round(time.perf_counter() - started, 3)
-        report(stage)(1.0, f"done in {durations[stage]:.1f} s")
-
-    if dataset is not None:
-        started = time.perf_counter()
-        report("baseline")(0.0, "evaluating the uncompressed model")
-        metrics["data"] = dataset.name
-        metrics["baseline"] = _accuracies(model, dataset, device)
-        if spec.finetune.distill:
-            teacher = copy.deepcopy(model)
-        timed("baseline", started)
-
-    started = time.perf_counter()
-    if spec.prune is not None:
-        metrics["prune"] = _prune(model, spec, dataset, device, report("prune"))
-    timed("prune", started)
-
-    started = time.perf_counter()
-    report("quantize")(0.0, f"{spec.quantize.method} on {len(prunable_layers(model))} layers")
-    layers = quantize_(model, spec.quantize)
-    metrics["quantize"] = {"layers": [dataclasses.asdict(layer) for layer in layers]}
-    if dataset is not None:
-        metrics["quantize"]["val_accuracy"] = evaluate(model, dataset, dataset.val, device=device)
-    timed("quantize", started)
-
-    if dataset is not None:
-        started = time.perf_counter()
-        losses = finetune(
-            model,
-            dataset,
-            spec.finetune,
-            device=device,
-            seed=spec.seed,
-            teacher=teacher,
-            progress=report("finetune"),
-        )
-        metrics["finetune"] = {"epoch_loss": losses}
-        metrics["final"] = _accuracies(model, dataset, device)
-        metrics["accuracy_drop"] = (
-            metrics["baseline"]["test_accuracy"] - metrics["final"]["test_accuracy"]
-        )
-        timed("finetune", started)
-
-    metrics["weight_sparsity"] = weight_sparsity(model)
-    started = time.perf_counter()
-    report("package")(0.0, f"writing {output}")
-    info = save_pqz(
-        model,
-        output,
-        architecture=architecture,
-        num_classes=num_classes,
-        spec=spec.to_dict(),
-        metrics=metrics,
-    )
-    timed("package", started)
-    return info
-
-
-def _accuracies(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
-    return {
-        "val_accuracy": evaluate(model, dataset, dataset.val, device=device),
-        "test_accuracy": evaluate(model, dataset, dataset.test, device=device),
-        "test_samples": len(dataset.test),
-    }
-
-
-def _prune(
-    model: nn.Module,
-    spec: CompressionSpec,
-    dataset: Dataset | None,
-    device: torch.device,
-    report: Callable[[float, str], None],
-) -> dict[str, Any]:
-    config = spec.prune
-    assert config is not None
-    retrain = TrainConfig(epochs=config.retrain_epochs, lr=config.retrain_lr)
-    fixed = config.sparsity is not None or config.threshold is not None
-    if dataset is None or fixed:
-        report(0.0, "pruning by magnitude")
-        layers = prune_(model, config)
-        result: dict[str, Any] = {"layers": [dataclasses.asdict(layer) for layer in layers]}
-        if dataset is not None and config.retrain_epochs > 0:
-            train(model, dataset, retrain, device=device, seed=spec.seed, progress=report)
-            result["val_accuracy"] = evaluate(model, dataset, dataset.val, device=device)
-        result["sparsity"] = weight_sparsity(model)
-        return result
-
-    limit = config.scan_samples or None
-
-    def scan_score(candidate: nn.Module) -> float:
-        return evaluate(candidate, dataset, dataset.val, device=device, limit=limit)
-
-    def val_score(candidate: nn.Module) -> float:
-        return evaluate(candidate, dataset, dataset.val, device=device)
-
-    def retrain_round(candidate: nn.Module, round_index: int) -> None:
-        train(
-            candidate,
-            dataset,
-            retrain,
-            device=device,
-            seed=spec.seed + round_index,
-            progress=report,
-        )
-
-    scan = prune_by_scan_(
-        model,
-        config,
-        scan_score=scan_score,
-        val_score=val_score,
-        retrain=retrain_round,
-        report=report,
-    )
-    return {
-        **scan.to_dict(),
-        "sparsity": weight_sparsity(model),
-        "layers": {
-            name: 1.0 - float(mask.float().mean())
-            for name, module, _ in prunable_layers(model)
-            if (mask := get_mask(module)) is not None
-        },
-    }
+    """Compress `model` in place by `spec`, every stage in order, and write the `.pqz`."""
+    pipeline = Pipeline(model, spec, dataset, device, progress)
+    pipeline.baseline()
+    pipeline.prune()
+    pipeline.quantize()
+    pipeline.finetune()
+    return pipeline.package(output, architecture=architecture, num_classes=num_classes)

@@ -6,6 +6,7 @@ zero through retraining (their gradient is zero too) and the mask survives `stat
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,26 @@ def prune_(model: nn.Module, config: PruneConfig) -> list[LayerPruning]:
             results.append(_apply_mask(name, module, keep))
     order = {name: index for index, (name, _, _) in enumerate(prunable_layers(model))}
     return sorted(results, key=lambda result: order[result.name])
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy that shares nothing with `model`, parametrizations included.
+
+    `copy.deepcopy` gives a parametrized module's copy the very same generated class, so
+    removing a parametrization from the copy would delete the property from the original too;
+    each parametrized module of the copy gets a class of its own here.
+    """
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if parametrize.is_parametrized(module):
+            generated = type(module)
+            members = {
+                key: value
+                for key, value in vars(generated).items()
+                if key not in ("__dict__", "__weakref__")
+            }
+            module.__class__ = type(generated.__name__, generated.__bases__, members)
+    return clone
 
 
 def remove_masks_(model: nn.Module) -> None:

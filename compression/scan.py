@@ -2,9 +2,10 @@
 
 The sensitivity of a layer is validation accuracy as a function of its pruning threshold,
 every other layer left as it is. A round prunes each layer to the largest threshold whose own
-accuracy drop stays within a budget, retrains with the masks in force, and is kept only if the
-validation accuracy stays within `max_accuracy_drop` of the baseline; otherwise the round is
-undone and the budget halved. Rounds stop when no layer can go further.
+one-shot accuracy drop stays within a budget, retrains with the masks in force, and is kept
+only if the validation accuracy stays within `max_accuracy_drop` of the baseline. A kept round
+raises the budget by half; a round that goes too far is undone and retried with every layer's
+step halved. Rounds stop when no layer can go further or `rounds` are spent.
 """
 
 from __future__ import annotations
@@ -132,44 +133,72 @@ def prune_by_scan_(
     )
     baseline = val_score(model)
     result = ScanResult(baseline_accuracy=baseline, final_accuracy=baseline)
-    budget = max(2 * config.max_accuracy_drop, 0.005)
+    # The budget is how much one-shot accuracy a layer may lose in the scan; retraining wins
+    # most of it back, so it starts well above the tolerance and adapts to what retraining does.
+    budget = max(5 * config.max_accuracy_drop, 0.01)
     accepted = copy.deepcopy(model.state_dict())
-    for round_index in range(config.rounds):
+    attempts = 0
+    while attempts < config.rounds:
         if report is not None:
-            report(
-                round_index / config.rounds,
-                f"round {round_index + 1}: scanning {len(layers)} layers",
-            )
+            report(attempts / config.rounds, f"round {attempts + 1}: scanning {len(layers)} layers")
         reference = scan_score(model)
         curves = sensitivity(model, layers, scan_score)
-        chosen = choose(curves, reference, budget)
-        if not chosen:
+        current = {name: _sparsity(module) for name, module in layers}
+        targets = {
+            name: level
+            for name, level in choose(curves, reference, budget).items()
+            if level > current[name] + 1e-6
+        }
+        if not targets:
             break
-        rules = {re.escape(name): PruneRule(sparsity=level) for name, level in chosen.items()}
-        prune_(model, PruneConfig(modules=rules))
-        retrain(model, round_index)
-        accuracy = val_score(model)
-        kept = baseline - accuracy <= config.max_accuracy_drop
-        result.rounds.append(
-            {
-                "round": round_index + 1,
-                "budget": budget,
-                "chosen_sparsity": chosen,
-                "val_accuracy": accuracy,
-                "kept": kept,
-                "curves": [asdict(curve) for curve in curves],
-            }
-        )
-        if kept:
-            accepted = copy.deepcopy(model.state_dict())
-            result.final_accuracy = accuracy
-        else:
+        while targets and attempts < config.rounds:
+            rules = {re.escape(name): PruneRule(sparsity=level) for name, level in targets.items()}
+            prune_(model, PruneConfig(modules=rules))
+            retrain(model, attempts)
+            accuracy = val_score(model)
+            kept = baseline - accuracy <= config.max_accuracy_drop
+            attempts += 1
+            result.rounds.append(
+                {
+                    "round": attempts,
+                    "budget": budget,
+                    "target_sparsity": targets,
+                    "val_accuracy": accuracy,
+                    "kept": kept,
+                    "curves": [_rounded(curve) for curve in curves],
+                }
+            )
+            if report is not None:
+                state = "kept" if kept else "undone"
+                report(attempts / config.rounds, f"round {attempts} {state}: val {accuracy:.4f}")
+            if kept:
+                accepted = copy.deepcopy(model.state_dict())
+                result.final_accuracy = accuracy
+                budget *= 1.5
+                break
+            # Too far: undo, and retry with each layer's step halved (no new scan needed).
             model.load_state_dict(accepted)
             budget /= 2
-        if report is not None:
-            state = "kept" if kept else "undone"
-            report(
-                (round_index + 1) / config.rounds,
-                f"round {round_index + 1} {state}: val {accuracy:.4f}",
-            )
+            targets = {
+                name: round(current[name] + (level - current[name]) / 2, 4)
+                for name, level in targets.items()
+                if level - current[name] >= 0.02
+            }
+        else:
+            break
     return result
+
+
+def _sparsity(module: nn.Module) -> float:
+    mask = get_mask(module)
+    return 0.0 if mask is None else 1.0 - float(mask.float().mean())
+
+
+def _rounded(curve: SensitivityCurve) -> dict[str, Any]:
+    """The curve with 4 significant digits: it is kept in every .pqz manifest."""
+    return {
+        "name": curve.name,
+        "sparsity": curve.sparsity,
+        "threshold": [float(f"{value:.4g}") for value in curve.threshold],
+        "accuracy": [round(value, 4) for value in curve.accuracy],
+    }

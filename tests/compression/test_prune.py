@@ -89,3 +89,15 @@ def test_remove_masks_keeps_the_zeros_as_plain_weights(tiny_net: TinyNet) -> Non
     assert isinstance(tiny_net.fc1.weight, nn.Parameter)
     assert torch.equal(tiny_net.fc1.weight.detach(), before)
     assert set(tiny_net.state_dict()) == set(TinyNet().state_dict())
+
+
+def test_a_clone_can_be_quantized_without_touching_the_original(tiny_net: TinyNet) -> None:
+    from compression import QuantConfig, quantize_
+    from compression.prune import clone_model
+
+    prune_(tiny_net, PruneConfig(sparsity=0.5))
+    clone = clone_model(tiny_net)
+    quantize_(clone, QuantConfig(n_centroids=4))  # removes the clone's mask parametrizations
+    assert get_mask(tiny_net.fc1) is not None
+    assert torch.equal(tiny_net.fc1.weight == 0, ~get_mask(tiny_net.fc1))
+    quantize_(tiny_net, QuantConfig(n_centroids=4))

@@ -1,0 +1,207 @@
+"""The thesis's results table, reproduced: train (or reuse) baselines, compress, print a table.
+
+    python bench/reproduce.py                         # LeNets on Fashion-MNIST and MNIST 10k
+    python bench/reproduce.py --rows cifar --schedule short
+    python bench/reproduce.py --rows lenet-300-100:fashion-mnist --methods pq
+
+Per row: baseline and compressed test accuracy, the drop, weight sparsity, the `.pqz` size and
+the real compression ratio (file bytes against fp32 bytes), and time per stage, for product
+quantization and scalar k-means side by side. Baselines are cached in --workdir and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import datasets
+
+from compression import CompressionSpec, build_model, get_architecture
+from compression.config import FinetuneConfig, PruneConfig, QuantConfig, TrainConfig
+from compression.data import Dataset, fit_to, load_dataset
+from compression.pipeline import Pipeline
+from compression.train import evaluate, train
+
+ROWS = {
+    "lenet": [
+        ("lenet-300-100", "fashion-mnist"),
+        ("lenet-5", "fashion-mnist"),
+        ("lenet-300-100", "mnist10k"),
+        ("lenet-5", "mnist10k"),
+    ],
+    "cifar": [
+        ("alexnet-cifar", "cifar10"),
+        ("vgg16-cifar", "cifar10"),
+        ("resnet18-cifar", "cifar10"),
+    ],
+}
+# Baseline epochs per (schedule, data set); the small MNIST subset needs more passes.
+EPOCHS = {
+    "short": {"fashion-mnist": 15, "mnist10k": 30, "cifar10": 2},
+    "full": {"fashion-mnist": 30, "mnist10k": 60, "cifar10": 60},
+}
+KMEANS_CENTROIDS = 32  # 5-bit codes, as Deep Compression used for fully connected layers
+
+
+def load(data: str, arch: str, cache: Path, seed: int) -> Dataset:
+    if data == "fashion-mnist":
+        dataset = load_dataset("fashion-mnist", data_dir=datasets.fashion_mnist_dir(), seed=seed)
+    elif data == "mnist10k":
+        dataset = load_dataset(str(datasets.mnist10k_npz(cache)), seed=seed)
+        dataset = dataclasses.replace(dataset, name="mnist10k")
+    elif data == "cifar10":
+        dataset = load_dataset(str(datasets.cifar10_folder(cache)), seed=seed)
+        dataset = dataclasses.replace(dataset, name="cifar10-jpeg")
+    else:
+        raise SystemExit(f"unknown data set {data}")
+    architecture = get_architecture(arch)
+    return fit_to(dataset, architecture.input_shape, architecture.resizes_input, arch)
+
+
+def baseline(
+    arch: str, dataset: Dataset, epochs: int, workdir: Path, device: torch.device, seed: int
+) -> Path:
+    path = workdir / f"{arch}-{dataset.name}-{epochs}ep.pt"
+    if path.exists():
+        return path
+    torch.manual_seed(seed)
+    model = build_model(arch, dataset.num_classes)
+    lr = 0.05 if "lenet" in arch else 0.1
+    started = time.perf_counter()
+    train(model, dataset, TrainConfig(epochs=epochs, lr=lr), device=device, seed=seed)
+    accuracy = evaluate(model, dataset, dataset.test, device=device)
+    print(
+        f"  trained {path.name}: test {accuracy:.4f} in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def spec_for(data: str, method: str, schedule: str) -> CompressionSpec:
+    quantize = (
+        QuantConfig(method="kmeans", n_centroids=KMEANS_CENTROIDS)
+        if method == "kmeans"
+        else QuantConfig()
+    )
+    short = schedule == "short" and data == "cifar10"
+    return CompressionSpec(
+        data=data,
+        prune=PruneConfig(
+            max_accuracy_drop=0.003 if "mnist" in data else 0.005,
+            rounds=2 if short else 8,
+            retrain_epochs=0.5 if short else 3.0,
+            scan_samples=1000 if data == "cifar10" else 2000,
+        ),
+        quantize=quantize,
+        finetune=FinetuneConfig(epochs=0.5 if short else 2.0),
+    )
+
+
+def run_row(
+    arch: str, data: str, methods: list[str], args: argparse.Namespace, device: torch.device
+) -> list[dict[str, Any]]:
+    """Baseline and pruning once; then each quantization method on a copy of the pruned model."""
+    dataset = load(data, arch, args.workdir / "data", args.seed)
+    epochs = EPOCHS[args.schedule][data]
+    checkpoint = baseline(arch, dataset, epochs, args.workdir, device, args.seed)
+    model = build_model(arch, dataset.num_classes)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    pruned = Pipeline(model, spec_for(data, methods[0], args.schedule), dataset, device)
+    started = time.perf_counter()
+    pruned.baseline()
+    pruned.prune()
+    shared = time.perf_counter() - started
+    rows = []
+    for method in methods:
+        started = time.perf_counter()
+        pipeline = pruned.fork(spec_for(data, method, args.schedule))
+        pipeline.quantize()
+        pipeline.finetune()
+        output = args.workdir / f"{arch}-{dataset.name}-{method}.pqz"
+        info = pipeline.package(output, architecture=arch, num_classes=dataset.num_classes)
+        metrics = info.metrics
+        row = {
+            "model": arch,
+            "data": dataset.name,
+            "method": method if method == "pq" else f"kmeans k={KMEANS_CENTROIDS}",
+            "baseline_accuracy": metrics["baseline"]["test_accuracy"],
+            "compressed_accuracy": metrics["final"]["test_accuracy"],
+            "drop_points": 100 * metrics["accuracy_drop"],
+            "weight_sparsity": metrics["weight_sparsity"],
+            "pqz_bytes": info.file_size_bytes,
+            "dense_bytes": info.dense_size_bytes,
+            "compression_ratio": info.compression_ratio,
+            "duration_s": {
+                **metrics["duration_s"],
+                "total": round(shared + time.perf_counter() - started, 1),
+            },
+            "device": str(device),
+            "schedule": args.schedule,
+            "baseline_epochs": epochs,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| model | data | method | baseline | compressed | drop (points) | sparsity | .pqz bytes "
+        "| ratio | baseline / prune / quantize / finetune / package (s) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for row in rows:
+        d = row["duration_s"]
+        stages = " / ".join(
+            f"{d.get(stage, 0):.0f}" for stage in ("baseline", "prune", "quantize", "finetune")
+        )
+        lines.append(
+            f"| {row['model']} | {row['data']} | {row['method']} "
+            f"| {row['baseline_accuracy']:.4f} | {row['compressed_accuracy']:.4f} "
+            f"| {row['drop_points']:.2f} | {row['weight_sparsity']:.1%} | {row['pqz_bytes']:,} "
+            f"| {row['compression_ratio']:.1f}x | {stages} / {d.get('package', 0):.1f} |"
+        )
+    return header + "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", default="lenet", help="lenet, cifar, or model:data pairs, comma-separated"
+    )
+    parser.add_argument("--methods", default="pq,kmeans")
+    parser.add_argument("--schedule", choices=("short", "full"), default="full")
+    parser.add_argument("--workdir", type=Path, default=Path("var/reproduce"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    pairs = []
+    for item in args.rows.split(","):
+        pairs += ROWS[item] if item in ROWS else [tuple(item.split(":"))]
+    rows = []
+    for arch, data in pairs:
+        print(f"{arch} on {data} ({args.schedule} schedule, {device})", flush=True)
+        rows += run_row(arch, data, args.methods.split(","), args, device)
+    (args.workdir / "results.json").write_text(json.dumps(rows, indent=2))
+    print("\n" + markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`pqz train`, `pqz eval` and `pqz compress --data` on scikit-learn's digits, as users run them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_local_commands import run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    path = tmp_path_factory.mktemp("train") / "digits.pt"
+    result = run(
+        "train",
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        "digits",
+        "--epochs",
+        "4",
+        "--json",
+        "-o",
+        str(path),
+    )
+    assert result.returncode == 0, result.stderr
+    return path, json.loads(result.stdout)
+
+
+def test_train_reports_accuracy_and_eval_agrees(trained: tuple[Path, dict[str, object]]) -> None:
+    path, summary = trained
+    assert summary["n"] == 360
+    assert summary["accuracy"] > 0.8
+    result = run("eval", str(path), "--arch", "lenet-300-100", "--data", "digits", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accuracy"] == summary["accuracy"]
+
+
+def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
+    trained: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    path, _ = trained
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "prune": {"rounds": 1, "retrain_epochs": 1, "max_accuracy_drop": 0.05},
+                "finetune": {"epochs": 1},
+            }
+        )
+    )
+    out = tmp_path / "digits.pqz"
+    result = run(
+        "compress",
+        str(path),
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        "digits",
+        "--spec",
+        str(spec),
+        "--json",
+        "-o",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    final = info["metrics"]["final"]
+    assert info["spec"]["data"] == "digits"
+    assert info["spec"]["prune"]["rounds"] == 1
+    evaluated = run("eval", str(out), "--data", "digits", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout) == {
+        "accuracy": final["test_accuracy"],
+        "n": 360,
+        "data": "digits",
+        "arch": "lenet-300-100",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["eval", "{ckpt}", "--data", "digits"], 2, "a checkpoint needs --arch"),
+        (
+            ["eval", "{ckpt}", "--arch", "lenet-300-100", "--data", "imagenet"],
+            1,
+            "unknown data set 'imagenet'",
+        ),
+        (
+            ["train", "--arch", "vgg16-cifar", "--data", "digits", "-o", "{out}"],
+            1,
+            "has 1x8x8 images; architecture 'vgg16-cifar' takes 3x32x32",
+        ),
+        (
+            ["compress", "{ckpt}", "--arch", "lenet-300-100", "--spec", "{spec}", "-o", "{out}"],
+            1,
+            "unknown field 'epoch' in spec.finetune",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    trained: tuple[Path, dict[str, object]],
+    tmp_path: Path,
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"finetune": {"epoch": 3}}))
+    values = {"ckpt": str(trained[0]), "out": str(tmp_path / "out"), "spec": str(spec)}
+    result = run(*[arg.format(**values) for arg in args])
+    assert result.returncode == code
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1

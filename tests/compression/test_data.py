@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compression import InvalidConfigError
+from compression.data import batches, fit_to, load_dataset
+
+
+def test_digits_has_disjoint_train_val_test_splits() -> None:
+    dataset = load_dataset("digits", val_fraction=0.2, seed=1)
+    assert dataset.image_shape == (1, 8, 8)
+    assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 1797
+    assert len(dataset.val) == round(0.2 * 1437)
+    assert dataset.num_classes == 10
+    assert dataset.train.x.dtype == torch.uint8
+    train_rows = {bytes(row) for row in dataset.train.x.flatten(1).numpy()}
+    val_rows = [bytes(row) for row in dataset.val.x.flatten(1).numpy()]
+    assert sum(row in train_rows for row in val_rows) < len(val_rows) // 4  # digits repeat a little
+
+
+def test_lenet_input_is_resized_where_documented() -> None:
+    dataset = fit_to(load_dataset("digits"), (1, 28, 28), True, "lenet-5")
+    assert dataset.image_shape == (1, 28, 28)
+    with pytest.raises(
+        InvalidConfigError, match="has 1x8x8 images; architecture 'vgg16-cifar' takes 3x32x32"
+    ):
+        fit_to(load_dataset("digits"), (3, 32, 32), True, "vgg16-cifar")
+
+
+def test_batches_are_normalised_and_cover_the_split() -> None:
+    dataset = load_dataset("digits")
+    seen = 0
+    means = []
+    for x, y in batches(dataset, dataset.train, batch_size=100, device=torch.device("cpu")):
+        assert x.dtype == torch.float32
+        seen += len(y)
+        means.append(float(x.mean()))
+    assert seen == len(dataset.train)
+    assert abs(float(np.mean(means))) < 0.1
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = (
+        b"\x00\x00\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    )
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files_in_debian_layout_load(tmp_path: Path) -> None:
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    dataset = load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert len(dataset.train) + len(dataset.val) == 50
+    assert len(dataset.test) == 20
+    with pytest.raises(InvalidConfigError, match="data set 'mnist' not found under"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_npz_is_validated(tmp_path: Path) -> None:
+    good = tmp_path / "good.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        good,
+        x_train=rng.random((40, 3, 8, 8)).astype(np.float32),
+        y_train=rng.integers(0, 4, 40),
+        x_test=rng.random((10, 3, 8, 8)).astype(np.float32),
+        y_test=rng.integers(0, 4, 10),
+    )
+    dataset = load_dataset(str(good))
+    assert dataset.image_shape == (3, 8, 8)
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, x_train=np.zeros((4, 8, 8)), y_train=np.zeros(4, dtype=int))
+    with pytest.raises(InvalidConfigError, match="lacks the arrays x_test, y_test"):
+        load_dataset(str(missing))
+    wrong = tmp_path / "wrong.npz"
+    np.savez(
+        wrong,
+        x_train=np.zeros((4, 8, 8)),
+        y_train=np.zeros(5, dtype=int),
+        x_test=np.zeros((2, 8, 8)),
+        y_test=np.zeros(2, dtype=int),
+    )
+    with pytest.raises(
+        InvalidConfigError, match="images of shape \\[4, 1, 8, 8\\] and labels of shape \\[5\\]"
+    ):
+        load_dataset(str(wrong))
+    labels = tmp_path / "labels.npz"
+    np.savez(
+        labels,
+        x_train=np.zeros((4, 8, 8)),
+        y_train=np.full(4, 0.5),
+        x_test=np.zeros((2, 8, 8)),
+        y_test=np.zeros(2, dtype=int),
+    )
+    with pytest.raises(InvalidConfigError, match="labels must be non-negative integers"):
+        load_dataset(str(labels))
+
+
+def test_image_folder_loads(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 2)):
+        for name in ("cat", "dog"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)).save(
+                    folder / f"{i}.png"
+                )
+    dataset = load_dataset(str(tmp_path), val_fraction=0.25)
+    assert dataset.image_shape == (3, 32, 32)
+    assert dataset.num_classes == 2
+    assert len(dataset.test) == 4
+
+
+def test_unknown_data_set_is_a_clear_error() -> None:
+    with pytest.raises(InvalidConfigError, match="unknown data set 'imagenet'"):
+        load_dataset("imagenet")

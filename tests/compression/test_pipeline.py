@@ -1,0 +1,147 @@
+"""The thesis pipeline on scikit-learn's digits: scan, retraining, fine-tuning, packaging."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from compression import (
+    CompressionSpec,
+    PruneConfig,
+    QuantConfig,
+    build_model,
+    get_mask,
+    load_pqz,
+    quantize_,
+)
+from compression.config import FinetuneConfig, TrainConfig
+from compression.data import Dataset, fit_to, load_dataset
+from compression.finetune import codebooks, finetune
+from compression.pipeline import compress_model
+from compression.prune import prunable_layers
+from compression.scan import prune_by_scan_
+from compression.train import evaluate, train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return fit_to(load_dataset("digits"), (1, 28, 28), True, "lenet-300-100")
+
+
+@pytest.fixture(scope="module")
+def trained(digits: Dataset) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100")
+    train(model, digits, TrainConfig(epochs=8, lr=0.05), device=CPU)
+    return model
+
+
+def test_training_learns_digits(trained: nn.Module, digits: Dataset) -> None:
+    assert evaluate(trained, digits, digits.test, device=CPU) > 0.9
+
+
+@pytest.mark.parametrize("tolerance", [0.01, 0.04])
+def test_scan_keeps_validation_accuracy_within_tolerance(
+    trained: nn.Module, digits: Dataset, tolerance: float
+) -> None:
+    model = copy.deepcopy(trained)
+
+    def score(candidate: nn.Module) -> float:
+        return evaluate(candidate, digits, digits.val, device=CPU)
+
+    def retrain(candidate: nn.Module, round_index: int) -> None:
+        train(candidate, digits, TrainConfig(epochs=1, lr=0.01), device=CPU, seed=round_index)
+
+    baseline = score(model)
+    result = prune_by_scan_(
+        model,
+        PruneConfig(max_accuracy_drop=tolerance, rounds=3),
+        scan_score=score,
+        val_score=score,
+        retrain=retrain,
+    )
+    assert baseline - score(model) <= tolerance + 1e-9
+    assert result.final_accuracy == score(model)
+    assert result.rounds, "at least one round ran"
+    assert all(
+        len(curve["accuracy"]) == len(curve["sparsity"]) for curve in result.rounds[0]["curves"]
+    )
+    sparsities = [
+        1 - float(get_mask(module).float().mean()) for _, module, _ in prunable_layers(model)
+    ]
+    assert max(sparsities) >= 0.3  # the scan pruned something
+
+
+def test_masks_survive_retraining_and_finetuning(trained: nn.Module, digits: Dataset) -> None:
+    model = copy.deepcopy(trained)
+    from compression import prune_
+
+    prune_(model, PruneConfig(sparsity=0.8))
+    zeros = {name: (module.weight == 0).clone() for name, module, _ in prunable_layers(model)}
+    train(model, digits, TrainConfig(epochs=1, lr=0.05), device=CPU)
+    quantize_(model, QuantConfig(n_centroids=16))
+    finetune(model, digits, FinetuneConfig(epochs=1, lr=0.01), device=CPU)
+    for name, module, _ in prunable_layers(model):
+        assert torch.equal(module.weight == 0, zeros[name])
+
+
+def test_finetuning_changes_only_centroids_and_keeps_codes(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    model = copy.deepcopy(trained)
+    quantize_(model, QuantConfig(n_centroids=8))
+    pairs = codebooks(model)
+    codes = [quantizer.codes.clone() for _, quantizer in pairs]
+    before_books = [codebook.detach().clone() for codebook, _ in pairs]
+    books = {id(codebook) for codebook, _ in pairs}
+    before_other = {
+        name: p.detach().clone() for name, p in model.named_parameters() if id(p) not in books
+    }
+    accuracy = evaluate(model, digits, digits.val, device=CPU)
+    finetune(model, digits, FinetuneConfig(epochs=3, lr=0.01), device=CPU)
+    assert all(torch.equal(q.codes, c) for (_, q), c in zip(pairs, codes, strict=True))
+    assert any(
+        not torch.equal(b.detach(), old) for (b, _), old in zip(pairs, before_books, strict=True)
+    )
+    for name, p in model.named_parameters():
+        if id(p) not in books:
+            assert torch.equal(p.detach(), before_other[name]), name
+    for codebook, _ in pairs:  # rounded to what the file stores
+        assert torch.equal(codebook.detach(), codebook.detach().half().float())
+    assert evaluate(model, digits, digits.val, device=CPU) >= accuracy - 0.02
+
+
+def test_pipeline_writes_a_pqz_whose_accuracy_is_what_it_reports(
+    trained: nn.Module, digits: Dataset, tmp_path: Path
+) -> None:
+    model = copy.deepcopy(trained)
+    spec = CompressionSpec(
+        data="digits",
+        prune=PruneConfig(max_accuracy_drop=0.03, rounds=2, retrain_epochs=1),
+        finetune=FinetuneConfig(epochs=1),
+    )
+    stages = []
+    info = compress_model(
+        model,
+        spec,
+        tmp_path / "digits.pqz",
+        architecture="lenet-300-100",
+        num_classes=10,
+        dataset=digits,
+        device=CPU,
+        progress=lambda stage, fraction, message: stages.append(stage),
+    )
+    assert list(dict.fromkeys(stages)) == ["baseline", "prune", "quantize", "finetune", "package"]
+    metrics = info.metrics
+    loaded = load_pqz(tmp_path / "digits.pqz")
+    assert evaluate(loaded, digits, digits.test, device=CPU) == metrics["final"]["test_accuracy"]
+    assert metrics["weight_sparsity"] > 0.3
+    assert info.compression_ratio > 10
+    assert CompressionSpec.from_dict(info.spec) == spec
+    assert set(metrics["duration_s"]) >= {"baseline", "prune", "quantize", "finetune"}
