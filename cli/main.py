@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import local, pipeline
+from cli import client, local, pipeline, service
 from cli.output import fail
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 local.register(app)
 pipeline.register(app)
+service.register(app)
+client.register(app)
 
 
 def main() -> None:

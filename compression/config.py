@@ -52,7 +52,15 @@ def check_number(
     too_high = number >= high if high_open else number > high
     if not math.isfinite(number) or number < low or too_high:
         bracket = ")" if high_open else "]"
-        raise InvalidConfigError(f"{name} {value!r} is outside [{low:g}, {high:g}{bracket}")
+        raise InvalidConfigError(
+            f"{name} {value!r} is outside [{_bound(low)}, {_bound(high)}{bracket}"
+        )
+
+
+def _bound(value: float) -> str:
+    if math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:

@@ -7,6 +7,10 @@ from compression import CompressionSpec, InvalidConfigError, PruneConfig, QuantC
 
 def test_spec_round_trips_through_dict() -> None:
     spec = CompressionSpec(
+        arch="lenet-5",
+        data="digits",
+        seed=3,
+        device="cuda:1",
         prune=PruneConfig(sparsity=0.8, scope="global", modules={"fc2": None}),
         quantize=QuantConfig(
             method="pq",
@@ -37,6 +41,14 @@ def test_spec_round_trips_through_dict() -> None:
         ({"quantize": {"n_iter": True}}, "n_iter must be an integer, got True"),
         ({"prune": {"scope": "row"}}, "prune scope 'row' is not one of layer, global"),
         ({"extra": 1}, "unknown field 'extra' in spec"),
+        ({"finetune": {"epochs": -1}}, "finetune epochs -1 is outside [0, 10000]"),
+        ({"finetune": {"distill": "yes"}}, "finetune distill must be true or false, got 'yes'"),
+        ({"finetune": {"scope": "head"}}, "finetune scope 'head' is not one of codebooks, all"),
+        ({"prune": {"max_accuracy_drop": 2}}, "max_accuracy_drop 2 is outside [0, 1]"),
+        ({"prune": {"rounds": 1.5}}, "rounds must be an integer, got 1.5"),
+        ({"device": "tpu"}, "device 'tpu' is not auto, cpu, cuda or cuda:N"),
+        ({"arch": ""}, "arch must be a non-empty string, got ''"),
+        ({"num_classes": 0}, "num_classes 0 is outside [1, 1048576]"),
         ([], "spec must be an object, got list"),
     ],
 )

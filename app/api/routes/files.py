@@ -1,0 +1,94 @@
+"""`POST /v1/files` (streamed into the database, size-capped) and `GET /v1/files/{id}`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import FileDep, SessionDep, SettingsDep, UserDep
+from app.errors import Problem
+from app.idempotency import remember, replay
+from app.schemas import FilePublic
+from db.blobs import BlobTooLargeError, BlobWriter
+from db.models import File
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+def public(file: File) -> FilePublic:
+    return FilePublic(
+        id=file.id,
+        filename=file.filename,
+        purpose=file.purpose,
+        size_bytes=file.size_bytes,
+        sha256=file.sha256,
+        created_at=file.created_at,
+    )
+
+
+@router.post("", status_code=201, response_model=FilePublic)
+async def upload(
+    request: Request,
+    session: SessionDep,
+    user: UserDep,
+    settings: SettingsDep,
+    filename: Annotated[str, Query(min_length=1, max_length=255)],
+    purpose: Annotated[Literal["checkpoint", "dataset"], Query()] = "checkpoint",
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> FilePublic:
+    """Upload a file as the raw request body (`Content-Type: application/octet-stream`).
+
+    The body streams into the database in chunks; past PQZ_MAX_UPLOAD_BYTES the upload is
+    refused with 413 and nothing of it is kept.
+    """
+    if idempotency_key and (existing := replay(session, user, idempotency_key, "files")):
+        file = session.get(File, existing)
+        if file is not None:
+            return public(file)
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(
+            413, "Content Too Large", f"the upload of {declared} bytes is over the limit of {limit}"
+        )
+    writer = await run_in_threadpool(
+        BlobWriter, session, chunk_bytes=settings.chunk_bytes, max_bytes=limit
+    )
+    pending = bytearray()
+    try:
+        async for piece in request.stream():
+            pending += piece
+            if len(pending) >= settings.chunk_bytes:
+                await run_in_threadpool(writer.write, bytes(pending))
+                pending.clear()
+        await run_in_threadpool(writer.write, bytes(pending))
+        blob = await run_in_threadpool(writer.close)
+    except BlobTooLargeError:
+        await run_in_threadpool(writer.abort)
+        raise Problem(
+            413, "Content Too Large", f"the upload is over the limit of {limit} bytes"
+        ) from None
+    except BaseException:
+        await run_in_threadpool(writer.abort)
+        raise
+    file = File(
+        user_id=user.id,
+        filename=filename,
+        purpose=purpose,
+        blob_id=blob.id,
+        size_bytes=blob.size_bytes,
+        sha256=blob.sha256 or "",
+    )
+    session.add(file)
+    session.flush()
+    if idempotency_key:
+        remember(session, user, idempotency_key, "files", file.id)
+    session.commit()
+    return public(file)
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def get_file(file: FileDep) -> FilePublic:
+    return public(file)

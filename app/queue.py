@@ -1,0 +1,29 @@
+"""Enqueue by task name after the commit: the API sends job ids, it never imports the worker."""
+
+from __future__ import annotations
+
+import functools
+
+from celery import Celery
+
+from db.settings import Settings
+
+TASK = "pqz.compress"
+QUEUE = "gpu"
+
+
+@functools.cache
+def client(broker_url: str, transport_options: tuple[tuple[str, object], ...]) -> Celery:
+    celery = Celery("pqz-api", broker=broker_url)
+    celery.conf.broker_transport_options = dict(transport_options)
+    celery.conf.task_ignore_result = True
+    return celery
+
+
+def publisher(settings: Settings) -> functools.partial[None]:
+    options = tuple(sorted(settings.broker_transport_options().items()))
+    return functools.partial(_publish, client(settings.resolved_broker_url, options))
+
+
+def _publish(celery: Celery, job_id: str) -> None:
+    celery.send_task(TASK, args=[job_id], task_id=job_id, queue=QUEUE)

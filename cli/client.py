@@ -1,0 +1,234 @@
+"""The service's client: `pqz submit`, `jobs`, `status`, `cancel`, `download` (httpx + rich).
+
+`PQZ_URL` (default http://127.0.0.1:8000) and `PQZ_API_KEY` configure it. Network errors and
+problem+json answers become one clear line each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from cli.output import console, fail, human_bytes, print_json
+from cli.progress import StageBars
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the job as one JSON object.")]
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(submit)
+    app.command()(jobs)
+    app.command()(status)
+    app.command()(cancel)
+    app.command()(download)
+
+
+class Client:
+    """A thin httpx client that turns every failure into one line and exit status 1."""
+
+    def __init__(self) -> None:
+        self.url = os.environ.get("PQZ_URL", "http://127.0.0.1:8000").rstrip("/")
+        key = os.environ.get("PQZ_API_KEY")
+        if not key:
+            fail("set PQZ_API_KEY (create one with `pqz keys create NAME` on the server)")
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60.0
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            fail(f"cannot reach pqz at {self.url}: {error}")
+        self.check(response)
+        return response
+
+    def check(self, response: httpx.Response) -> None:
+        if response.is_success or response.status_code == 304:
+            return
+        try:
+            problem = response.json()
+            detail = problem.get("detail") or problem.get("title")
+        except (ValueError, AttributeError):
+            detail = response.text[:200] or response.reason_phrase
+        fail(f"{detail} (HTTP {response.status_code})")
+
+    def stream(self, path: str) -> Iterator[httpx.Response]:
+        try:
+            with self.http.stream("GET", path) as response:
+                if not response.is_success:
+                    response.read()
+                self.check(response)
+                yield response
+        except httpx.HTTPError as error:
+            fail(f"cannot reach pqz at {self.url}: {error}")
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def _upload(client: Client, path: Path, purpose: str) -> str:
+    if not path.is_file():
+        fail(f"no such file: {path}")
+    response = client.request(
+        "POST",
+        "/v1/files",
+        params={"filename": path.name, "purpose": purpose},
+        content=_chunks(path),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(path.stat().st_size),
+        },
+    )
+    file_id: str = response.json()["id"]
+    return file_id
+
+
+def submit(
+    checkpoint: Annotated[Path, typer.Argument(help="State dict (.pt/.pth, zip) or .safetensors.")],
+    arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
+    num_classes: Annotated[
+        int | None, typer.Option(help="Classes of the model's last layer.")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="A built-in data set name, or a local .npz to upload.")
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Upload a checkpoint and submit a compression job (post-training without --data)."""
+    body: dict[str, Any] = {}
+    if spec is not None:
+        try:
+            body = json.loads(spec.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            fail(f"cannot read spec {spec}: {error}")
+    body["arch"] = arch
+    if num_classes is not None:
+        body["num_classes"] = num_classes
+    client = Client()
+    data_file = None
+    if data is not None and data.endswith(".npz"):
+        data_file = _upload(client, Path(data), "dataset")
+    elif data is not None:
+        body["data"] = data
+    file_id = _upload(client, checkpoint, "checkpoint")
+    job = client.request(
+        "POST", "/v1/jobs", json={"checkpoint_file": file_id, "data_file": data_file, "spec": body}
+    )
+    payload = job.json()
+    if wait:
+        payload = _follow(client, payload["id"], quiet=json_output)
+    if json_output:
+        print_json(payload)
+    else:
+        console.print(_summary(payload), highlight=False)
+    if wait and payload["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
+    """Progress bars from the job's events until it ends; returns the final job."""
+    cursor = 0
+    with StageBars(enabled=not quiet) as bars:
+        while True:
+            events = client.request(
+                "GET", f"/v1/jobs/{job_id}/events", params={"after": cursor}
+            ).json()
+            for event in events["data"]:
+                cursor = event["id"]
+                if event["progress"] is not None:
+                    bars("job", event["progress"], f"{event['stage'] or ''}: {event['message']}")
+            job: dict[str, Any] = client.request("GET", f"/v1/jobs/{job_id}").json()
+            if job["status"] in TERMINAL and not events["has_more"]:
+                bars("job", 1.0 if job["status"] == "succeeded" else job["progress"], job["status"])
+                return job
+            time.sleep(0.5)
+
+
+def _summary(job: dict[str, Any]) -> str:
+    line = f"{job['id']}: {job['status']}"
+    if job.get("stage"):
+        line += f" ({job['stage']}, {job['progress']:.0%})"
+    if job.get("error"):
+        line += f" - {job['error']['code']}: {job['error']['message']}"
+    metrics = job.get("metrics") or {}
+    if "compression_ratio" in metrics:
+        size = human_bytes(metrics["file_size_bytes"])
+        line += f" - {size}, {metrics['compression_ratio']:.1f}x smaller"
+    if "final" in metrics:
+        line += f", test accuracy {metrics['final']['test_accuracy']:.4f}"
+    return line
+
+
+def jobs(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List your jobs."""
+    page = Client().request("GET", "/v1/jobs", params={"limit": limit}).json()
+    if json_output:
+        print_json(page)
+        return
+    if not page["data"]:
+        console.print("no jobs yet")
+    for job in page["data"]:
+        console.print(_summary(job), highlight=False)
+
+
+def status(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Show one job."""
+    job = Client().request("GET", f"/v1/jobs/{job_id}").json()
+    if json_output:
+        print_json(job)
+    else:
+        console.print(_summary(job), highlight=False)
+
+
+def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
+    """Cancel a job: a queued one at once, a running one between two of its steps."""
+    job = Client().request("POST", f"/v1/jobs/{job_id}/cancel").json()
+    console.print(_summary(job), highlight=False)
+
+
+def download(
+    job_id: Annotated[str, typer.Argument(help="A succeeded job's id.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Default: JOB_ID.pqz")
+    ] = None,
+) -> None:
+    """Download a job's .pqz, verifying its SHA-256 against the server's ETag."""
+    target = output or Path(f"{job_id}.pqz")
+    partial = target.with_name(f".{target.name}.part")
+    digest = hashlib.sha256()
+    try:
+        for response in Client().stream(f"/v1/jobs/{job_id}/artifact"):
+            expected = response.headers.get("etag", "").strip('"')
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    handle.write(chunk)
+        if digest.hexdigest() != expected:
+            fail(f"download of {job_id} is corrupt: SHA-256 {digest.hexdigest()} != {expected}")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    console.print(
+        f"wrote {target} ({human_bytes(target.stat().st_size)}, sha256 ok)", highlight=False
+    )

@@ -1,0 +1,231 @@
+"""Service commands: `pqz serve` (everything, embedded), `pqz api`, `pqz worker`, `pqz migrate`,
+`pqz keys create`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.output import console, fail, print_json
+
+keys_app = typer.Typer(
+    help="API keys: `pqz keys create NAME` prints a new key once.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(api)
+    app.command(name="worker")(worker_command)
+    app.command()(migrate)
+    app.add_typer(keys_app, name="keys")
+
+
+def _prepare() -> None:
+    """Migrate the database and publish what this machine's workers can run."""
+    from db.migrate import upgrade
+    from db.settings import get_settings
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    from worker.tasks import publish_catalog_now
+
+    publish_catalog_now()
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic), and publish the model catalog."""
+    from db.settings import get_settings
+
+    _prepare()
+    console.print(
+        f"database ready: {_safe_url(get_settings().resolved_database_url)}", highlight=False
+    )
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@keys_app.command("create")
+def create_key(
+    name: Annotated[str, typer.Argument(help="The user the key belongs to (created if new).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print {name, key}.")] = False,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from db.jobs import create_api_key
+    from db.migrate import upgrade
+    from db.session import session_scope
+    from db.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        _, key = create_api_key(session, name)
+    if json_output:
+        print_json({"name": name, "key": key})
+    else:
+        console.print(f"API key for {name} (shown once, store it now):\n{key}", highlight=False)
+
+
+def _worker_command(name: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", "gpu", "-c", "1", "-P", "prefork", "--max-tasks-per-child=1",
+        "--without-mingle", "--without-gossip", "-n", f"{name}@%h", "--loglevel=INFO",
+    ]  # fmt: skip
+
+
+def _start_workers(gpus: list[str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """One Celery worker per GPU (CUDA_VISIBLE_DEVICES set for each), or one on the CPU."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes = []
+    for gpu in gpus or [""]:
+        env = dict(os.environ)
+        name = f"gpu{gpu}" if gpu else "cpu"
+        if gpu:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        log = (log_dir / f"worker-{name}.log").open("ab")
+        processes.append(
+            subprocess.Popen(_worker_command(name), env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
+    return processes
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _first_key() -> str | None:
+    """On a fresh database, a first API key for the person who started the service."""
+    from sqlalchemy import select
+
+    from db.jobs import create_api_key
+    from db.models import ApiKey
+    from db.session import session_scope
+    from db.settings import get_settings
+
+    with session_scope(get_settings().resolved_database_url) as session:
+        if session.execute(select(ApiKey.id).limit(1)).first() is not None:
+            return None
+        _, key = create_api_key(session, "admin")
+        return key
+
+
+def _serve_api(host: str, port: int, reaper: bool) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(reaper=reaper), host=host, port=port, log_level="info")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Everything on one machine: migrations, one worker process, the reaper and the API.
+
+    With no PQZ_DATABASE_URL / PQZ_BROKER_URL this is the embedded default: SQLite and a
+    filesystem broker under PQZ_HOME (./var). Ctrl-C or SIGTERM stops all of it.
+    """
+    from db.settings import get_settings
+
+    settings = get_settings()
+    _prepare()
+    key = _first_key()
+    workers = _start_workers(_visible_gpus()[:1], settings.home / "logs")
+    url = f"http://{host}:{port}"
+    console.print(
+        f"pqz is serving at {url} (API docs: {url}/docs); worker log: {settings.home / 'logs'}"
+    )
+    if key is not None:
+        console.print(
+            f"first API key (shown once): {key}\nexport PQZ_URL={url} PQZ_API_KEY={key}",
+            highlight=False,
+        )
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve_api(host, port, reaper=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(workers)
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    reaper: Annotated[
+        bool, typer.Option(help="Run the reaper here (else celery beat runs it).")
+    ] = False,
+) -> None:
+    """Only the API (production: behind a proxy, workers elsewhere)."""
+    _serve_api(host, port, reaper)
+
+
+def worker_command(
+    gpus: Annotated[
+        str | None, typer.Option(help="GPU indices, e.g. 0,1 (default: all visible).")
+    ] = None,
+) -> None:
+    """One worker process per GPU on this machine (CPU when there is none), until Ctrl-C."""
+    from db.settings import get_settings
+
+    chosen = gpus.split(",") if gpus else _visible_gpus()
+    settings = get_settings()
+    workers = _start_workers(chosen, settings.home / "logs")
+    where = ", ".join(chosen) or "the CPU"
+    console.print(f"{len(workers)} worker(s) on {where}; logs in {settings.home / 'logs'}")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while all(process.poll() is None for process in workers):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(workers)
+    failed = [
+        process.returncode for process in workers if process.returncode not in (0, -signal.SIGTERM)
+    ]
+    if failed:
+        fail(f"a worker exited with status {failed[0]}; see its log")
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM stops like Ctrl-C: the `finally` blocks stop the workers."""
+    raise KeyboardInterrupt
+
+
+def _visible_gpus() -> list[str]:
+    """GPU indices without touching CUDA in this process (the parent must stay CUDA-free)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [
+        str(index) for index, line in enumerate(done.stdout.splitlines()) if line.startswith("GPU ")
+    ]

@@ -1,0 +1,218 @@
+"""Job state changes, written once for the API, the worker and the reaper.
+
+A worker claims a job with one conditional UPDATE (DESIGN.md section 1): duplicated or
+re-delivered messages find nothing to claim and do nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import TERMINAL, ApiKey, Job, JobEvent, JobStatus, User, now
+
+Publish = Callable[[str], None]  # sends the job id to the workers' queue
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    stage: str | None = None,
+    progress: float | None = None,
+    level: str = "info",
+) -> None:
+    session.add(
+        JobEvent(job_id=job_id, message=message, stage=stage, progress=progress, level=level)
+    )
+
+
+def claim(session: Session, job_id: str, worker: str) -> bool:
+    """queued -> running for exactly one worker; False if someone else has it or it ended."""
+    moment = now()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            heartbeat_at=moment,
+            started_at=moment,
+        )
+    )
+    claimed = bool(result.rowcount)  # type: ignore[attr-defined]
+    if claimed:
+        add_event(session, job_id, f"claimed by {worker}", stage="validate", progress=0.0)
+    return claimed
+
+
+def heartbeat(session: Session, job_id: str, worker: str) -> str | None:
+    """Refresh the heartbeat of a job this worker runs; returns its status (None if not ours)."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.status.in_([JobStatus.running, JobStatus.cancelling]),
+        )
+        .values(heartbeat_at=now())
+    )
+    status = session.execute(
+        select(Job.status).where(Job.id == job_id, Job.worker == worker)
+    ).scalar()
+    return status
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    worker: str,
+    status: JobStatus,
+    *,
+    error: tuple[str, str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    artifact_blob_id: str | None = None,
+) -> bool:
+    """Move a job this worker runs to a terminal state; False if it was taken from the worker."""
+    values: dict[str, Any] = {"status": status, "finished_at": now(), "heartbeat_at": now()}
+    if error is not None:
+        values["error_code"], values["error_message"] = error
+    if metrics is not None:
+        values["metrics"] = metrics
+    if artifact_blob_id is not None:
+        values["artifact_blob_id"] = artifact_blob_id
+    if status == JobStatus.succeeded:
+        values["progress"] = 1.0
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.status.in_([JobStatus.running, JobStatus.cancelling]),
+        )
+        .values(**values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """queued -> cancelled at once; running -> cancelling, the worker ends it between steps."""
+    if job.status == JobStatus.queued:
+        job.status = JobStatus.cancelled
+        job.finished_at = now()
+        add_event(session, job.id, "cancelled before it started", stage=job.stage)
+    elif job.status == JobStatus.running:
+        job.status = JobStatus.cancelling
+        add_event(session, job.id, "cancellation requested", stage=job.stage)
+
+
+def reap(
+    session: Session, publish: Publish, *, timeout_s: float, republish_after_s: float = 600.0
+) -> list[str]:
+    """Re-queue or fail jobs whose worker went silent; publish queued jobs that never were.
+
+    Returns the ids it acted on. Safe to run in several processes at once: every change is a
+    conditional update on the state it saw, and a job published twice is claimed once. A queued
+    job is published again after `republish_after_s`, in case its message was lost.
+    """
+    moment = now()
+    stale = moment - timedelta(seconds=timeout_s)
+    acted = []
+    lost = session.execute(
+        select(Job).where(
+            Job.status.in_([JobStatus.running, JobStatus.cancelling]),
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+        )
+    ).scalars()
+    for job in list(lost):
+        if job.status == JobStatus.cancelling:
+            target, error = JobStatus.cancelled, None
+        elif job.attempts < job.max_attempts:
+            target, error = JobStatus.queued, None
+        else:
+            target, error = (
+                JobStatus.failed,
+                ("worker_lost", f"the worker stopped answering ({job.worker})"),
+            )
+        values: dict[str, Any] = {"status": target, "worker": None, "published_at": None}
+        if target != JobStatus.queued:
+            values["finished_at"] = moment
+        if error is not None:
+            values["error_code"], values["error_message"] = error
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == job.status, Job.heartbeat_at == job.heartbeat_at)
+            .values(**values)
+        ).rowcount  # type: ignore[attr-defined]
+        if changed:
+            add_event(
+                session,
+                job.id,
+                f"worker {job.worker} lost; job {target}",
+                level="warning",
+                stage=job.stage,
+            )
+            acted.append(job.id)
+    session.commit()
+    unpublished = session.execute(
+        select(Job.id).where(
+            Job.status == JobStatus.queued,
+            or_(
+                Job.published_at.is_(None),
+                Job.published_at < moment - timedelta(seconds=republish_after_s),
+            ),
+        )
+    ).scalars()
+    for job_id in list(unpublished):
+        mark_published(session, job_id)
+        session.commit()
+        publish(job_id)
+        acted.append(job_id)
+    return acted
+
+
+def mark_published(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(published_at=now()))
+
+
+def is_terminal(status: str) -> bool:
+    return status in TERMINAL
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(
+    session: Session, user_name: str, key_name: str | None = None
+) -> tuple[ApiKey, str]:
+    """A new key for `user_name` (the user is created if new); the key itself is returned once."""
+    user = session.execute(select(User).where(User.name == user_name)).scalar_one_or_none()
+    if user is None:
+        user = User(name=user_name)
+        session.add(user)
+        session.flush()
+    key = "pqz_" + secrets.token_urlsafe(32)
+    record = ApiKey(
+        user_id=user.id, name=key_name or user_name, key_hash=hash_key(key), prefix=key[:10]
+    )
+    session.add(record)
+    session.flush()
+    return record, key
+
+
+def user_for_key(session: Session, key: str) -> User | None:
+    record = session.execute(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key))
+    ).scalar_one_or_none()
+    if record is None:
+        return None
+    return session.get(User, record.user_id)

@@ -1,0 +1,276 @@
+"""One job, stage by stage: claim, intake, the library's pipeline, the artifact, a terminal state.
+
+Progress callbacks of the library become job events and `progress`; a heartbeat thread keeps
+the claim alive and notices cancellation, which the next callback turns into a clean stop.
+Every way out ends the job in a terminal state with an error code when it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import update
+
+from compression import (
+    CompressionSpec,
+    InvalidCheckpointError,
+    InvalidConfigError,
+    UnsupportedLayerError,
+    build_model,
+)
+from compression.data import Dataset, fit_to, load_dataset
+from compression.pipeline import Pipeline
+from compression.zoo import get_architecture
+from db.blobs import read_blob, write_blob
+from db.jobs import add_event, claim, finish, heartbeat
+from db.models import File, Job, JobStatus
+from db.session import session_scope
+from db.settings import Settings
+from worker.intake import read_checkpoint_isolated
+
+log = logging.getLogger("pqz.worker")
+
+# Share of the whole job each stage stands for, in order: progress = start + share * fraction.
+STAGE_SHARES = {
+    "validate": 0.05,
+    "baseline": 0.05,
+    "prune": 0.5,
+    "quantize": 0.1,
+    "finetune": 0.25,
+    "package": 0.05,
+}
+EVENT_INTERVAL_S = 1.0
+
+
+class JobCancelledError(Exception):
+    """Raised from a progress callback once the job is marked `cancelling`."""
+
+
+class JobLostError(Exception):
+    """The job was taken from this worker (the reaper judged it lost)."""
+
+
+@dataclass
+class Recorder:
+    """Turns progress callbacks into throttled job events and the job's stage and progress."""
+
+    job_id: str
+    worker: str
+    settings: Settings
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    last_event: float = 0.0
+    last_stage: str | None = None
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelledError
+        if self.lost.is_set():
+            raise JobLostError
+        moment = time.monotonic()
+        if (
+            stage == self.last_stage
+            and fraction < 1.0
+            and moment - self.last_event < EVENT_INTERVAL_S
+        ):
+            return
+        self.last_stage, self.last_event = stage, moment
+        start = 0.0
+        for name, share in STAGE_SHARES.items():
+            if name == stage:
+                break
+            start += share
+        progress = min(start + STAGE_SHARES.get(stage, 0.0) * min(max(fraction, 0.0), 1.0), 1.0)
+        with session_scope(self.settings.resolved_database_url) as session:
+            session.execute(
+                update(Job).where(Job.id == self.job_id).values(stage=stage, progress=progress)
+            )
+            add_event(session, self.job_id, message, stage=stage, progress=progress)
+
+    def beat(self, stop: threading.Event) -> None:
+        """Heartbeat loop (its own thread): keeps the claim fresh, notices cancel and loss."""
+        while not stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.resolved_database_url) as session:
+                    status = heartbeat(session, self.job_id, self.worker)
+            except Exception:
+                log.exception("heartbeat of %s failed; trying again", self.job_id)
+                continue
+            if status == JobStatus.cancelling:
+                self.cancelled.set()
+            elif status != JobStatus.running:
+                self.lost.set()
+
+
+def run_job(job_id: str, settings: Settings, *, worker: str) -> None:
+    """Claim and run one job; does nothing when another worker has it or it has ended."""
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        if not claim(session, job_id, worker):
+            log.info("job %s is not queued; nothing to do", job_id)
+            return
+    recorder = Recorder(job_id, worker, settings)
+    stop = threading.Event()
+    beating = threading.Thread(
+        target=recorder.beat, args=(stop,), name=f"heartbeat-{job_id}", daemon=True
+    )
+    beating.start()
+    workdir = Path(tempfile.mkdtemp(prefix=f"pqz-{job_id}-"))
+    outcome: tuple[JobStatus, tuple[str, str] | None] = (
+        JobStatus.failed,
+        ("internal_error", "unknown"),
+    )
+    metrics: dict[str, Any] | None = None
+    artifact: str | None = None
+    try:
+        metrics, artifact = _run(job_id, settings, recorder, workdir)
+        outcome = (JobStatus.succeeded, None)
+    except JobCancelledError:
+        outcome = (JobStatus.cancelled, None)
+    except JobLostError:
+        log.warning("job %s was taken from this worker; stopping", job_id)
+        return
+    except InvalidCheckpointError as error:
+        outcome = (JobStatus.failed, ("invalid_checkpoint", str(error)))
+    except InvalidConfigError as error:
+        outcome = (JobStatus.failed, ("invalid_spec", str(error)))
+    except UnsupportedLayerError as error:
+        outcome = (JobStatus.failed, ("unsupported_layer", str(error)))
+    except torch.cuda.OutOfMemoryError as error:
+        outcome = (JobStatus.failed, ("out_of_memory", str(error).splitlines()[0]))
+    except SoftTimeLimitExceeded:
+        outcome = (
+            JobStatus.failed,
+            ("timeout", f"the job ran longer than {settings.job_time_limit_s} s"),
+        )
+    except Exception as error:
+        log.exception("job %s failed", job_id)
+        outcome = (JobStatus.failed, ("internal_error", f"{type(error).__name__}: {error}"))
+    finally:
+        stop.set()
+        shutil.rmtree(workdir, ignore_errors=True)
+    status, failure = outcome
+    with session_scope(url) as session:
+        if finish(
+            session,
+            job_id,
+            worker,
+            status,
+            error=failure,
+            metrics=metrics,
+            artifact_blob_id=artifact,
+        ):
+            message = (
+                status.value if failure is None else f"{status.value}: {failure[0]}: {failure[1]}"
+            )
+            add_event(
+                session,
+                job_id,
+                message,
+                level="error" if failure else "info",
+                progress=1.0 if artifact else None,
+            )
+        else:
+            log.warning("job %s ended here but was no longer this worker's", job_id)
+
+
+def _run(
+    job_id: str, settings: Settings, recorder: Recorder, workdir: Path
+) -> tuple[dict[str, Any], str]:
+    url = settings.resolved_database_url
+    recorder("validate", 0.0, "validating the spec")
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        spec = CompressionSpec.from_dict(job.spec)
+        checkpoint_file, data_file = job.checkpoint_file_id, job.data_file_id
+    if spec.arch is None:
+        raise InvalidConfigError("spec.arch is missing")
+    architecture = get_architecture(spec.arch)
+    checkpoint = workdir / "checkpoint"
+    _download(url, checkpoint_file, checkpoint)
+    dataset = _dataset(spec, url, data_file, workdir, settings)
+    num_classes = spec.num_classes or (dataset.num_classes if dataset else architecture.num_classes)
+    recorder("validate", 0.5, "reading the checkpoint in an isolated process")
+    state = read_checkpoint_isolated(
+        checkpoint,
+        workdir / "state.safetensors",
+        arch=spec.arch,
+        num_classes=num_classes,
+        max_bytes=settings.max_upload_bytes,
+        memory_bytes=settings.intake_memory_bytes,
+        timeout_s=settings.intake_timeout_s,
+    )
+    model = build_model(spec.arch, num_classes)
+    model.load_state_dict(state)
+    device = _device(spec.device)
+    recorder("validate", 1.0, f"checkpoint fits {spec.arch}; running on {device}")
+    pipeline = Pipeline(model, spec, dataset, device, recorder)
+    pipeline.baseline()
+    pipeline.prune()
+    pipeline.quantize()
+    pipeline.finetune()
+    output = workdir / f"{job_id}.pqz"
+    info = pipeline.package(output, architecture=spec.arch, num_classes=num_classes)
+    with session_scope(url) as session:
+        blob = write_blob(session, _read_file(output), chunk_bytes=settings.chunk_bytes)
+    metrics = {
+        **info.metrics,
+        "file_size_bytes": info.file_size_bytes,
+        "dense_size_bytes": info.dense_size_bytes,
+        "compression_ratio": info.compression_ratio,
+    }
+    return metrics, blob.id
+
+
+def _download(url: str, file_id: str, target: Path) -> None:
+    with session_scope(url) as session, target.open("wb") as handle:
+        file = session.get(File, file_id)
+        if file is None:
+            raise InvalidCheckpointError(f"file {file_id} no longer exists")
+        for chunk in read_blob(session, file.blob_id):
+            handle.write(chunk)
+
+
+def _dataset(
+    spec: CompressionSpec, url: str, data_file: str | None, workdir: Path, settings: Settings
+) -> Dataset | None:
+    if data_file is not None:
+        path = workdir / "data.npz"
+        _download(url, data_file, path)
+        source = str(path)
+    elif spec.data is not None:
+        source = spec.data
+    else:
+        return None
+    dataset = load_dataset(
+        source, data_dir=settings.data_dir, download=settings.allow_download, seed=spec.seed
+    )
+    assert spec.arch is not None
+    architecture = get_architecture(spec.arch)
+    return fit_to(dataset, architecture.input_shape, architecture.resizes_input, spec.arch)
+
+
+def _read_file(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfigError(f"device {name!r} asked for, but this worker has no CUDA GPU")
+    return device
