@@ -1,4 +1,4 @@
-# pqz image: the `pqz` command line (and, later, the API and the GPU worker).
+# pqz image: the `pqz` command, the API (`pqz api`) and the GPU worker (`pqz worker`).
 # torch from PyPI is the CUDA build: the same image runs on CPU hosts and GPU workers.
 FROM python:3.11-slim
 
@@ -13,7 +13,8 @@ COPY cli ./cli
 COPY app ./app
 COPY worker ./worker
 COPY db ./db
-RUN pip install . && useradd --create-home --uid 1000 pqz
+COPY migrations ./migrations
+RUN pip install -e . && useradd --create-home --uid 1000 pqz && mkdir /data && chown pqz /data
 USER pqz
 WORKDIR /data
 

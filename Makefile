@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Tests stay fast and quiet on a shared box: torch uses at most two threads.
 TEST_ENV := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0
 
-.PHONY: install test lint typecheck run bench clean
+.PHONY: install test lint typecheck run demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(TEST_ENV) $(BIN)/pytest
 
+# The service, embedded default: SQLite + filesystem broker + one worker under ./var.
 run: $(STAMP)
+	$(BIN)/pqz serve
+
+demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 bench: $(STAMP)

@@ -154,14 +154,13 @@ def serve(
     key = _first_key()
     workers = _start_workers(_visible_gpus()[:1], settings.home / "logs")
     url = f"http://{host}:{port}"
+    logs = settings.home / "logs"
     console.print(
-        f"pqz is serving at {url} (API docs: {url}/docs); worker log: {settings.home / 'logs'}"
+        f"pqz is serving at {url} (API docs: {url}/docs); worker logs: {logs}", soft_wrap=True
     )
     if key is not None:
-        console.print(
-            f"first API key (shown once): {key}\nexport PQZ_URL={url} PQZ_API_KEY={key}",
-            highlight=False,
-        )
+        console.print(f"first API key (shown once): {key}", highlight=False, soft_wrap=True)
+        console.print(f"export PQZ_URL={url} PQZ_API_KEY={key}", highlight=False, soft_wrap=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _serve_api(host, port, reaper=True)

@@ -115,9 +115,7 @@ class PruneRule:
             check_number(self.threshold, "threshold", low=0.0, high=math.inf, high_open=True)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.sparsity is not None:
-            return {"sparsity": self.sparsity}
-        return {"threshold": self.threshold}
+        return {"sparsity": self.sparsity, "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, data: object, where: str = "prune rule") -> PruneRule:

@@ -39,9 +39,7 @@ def metrics(session: SessionDep) -> Response:
     """Prometheus text format: jobs by status, read from the database at scrape time."""
     registry = CollectorRegistry()
     jobs = Gauge("pqz_jobs", "Jobs by status", ["status"], registry=registry)
-    counts = dict(
-        session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all()
-    )
+    counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     for status in JobStatus:
         jobs.labels(status=status.value).set(counts.get(status.value, 0))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,223 @@
+"""The API against a real database: files, jobs, ownership, errors, health."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from db import catalog
+from db.models import Blob, BlobChunk, Job, JobStatus
+from db.session import session_scope
+from db.settings import Settings
+from tests.service.conftest import submit, upload
+
+
+def _count(settings: Settings, model: type) -> int:
+    with session_scope(settings.resolved_database_url) as session:
+        return int(session.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_upload_streams_into_chunks_and_reports_size_and_sha(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    import hashlib
+
+    file_id = upload(client, alice, checkpoint_bytes)
+    file = client.get(f"/v1/files/{file_id}", headers=alice).json()
+    assert file["size_bytes"] == len(checkpoint_bytes)
+    assert file["sha256"] == hashlib.sha256(checkpoint_bytes).hexdigest()
+    assert _count(settings, BlobChunk) == -(-len(checkpoint_bytes) // settings.chunk_bytes)
+
+
+def test_upload_over_the_cap_is_413_and_leaves_nothing(
+    client: TestClient, alice: dict[str, str], settings: Settings
+) -> None:
+    too_big = b"\0" * (settings.max_upload_bytes + 1)
+    response = client.post(
+        "/v1/files", params={"filename": "big.pt"}, content=too_big, headers=alice
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+    def chunks():  # no Content-Length: the cap is enforced while streaming
+        for _ in range(settings.max_upload_bytes // (1 << 20) + 2):
+            yield b"\1" * (1 << 20)
+
+    response = client.post(
+        "/v1/files", params={"filename": "big.pt"}, content=chunks(), headers=alice
+    )
+    assert response.status_code == 413
+    assert "over the limit" in response.json()["detail"]
+    assert _count(settings, Blob) == 0
+    assert _count(settings, BlobChunk) == 0
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer pqz_wrong"}, {"Authorization": "Basic abc"}]
+)
+def test_missing_or_wrong_api_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.get("/v1/jobs", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 401
+
+
+def test_job_is_queued_with_location_and_listed_newest_first(
+    client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    file_id = upload(client, alice, checkpoint_bytes)
+    body = {"checkpoint_file": file_id, "spec": {"arch": "lenet-300-100"}}
+    response = client.post("/v1/jobs", json=body, headers=alice)
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["spec"]["quantize"]["n_centroids"] == 256  # defaults filled in
+    ids = [job["id"]] + [submit(client, alice, file_id)["id"] for _ in range(3)]
+    first = client.get("/v1/jobs", params={"limit": 3}, headers=alice).json()
+    assert [j["id"] for j in first["data"]] == ids[::-1][:3]
+    assert first["has_more"] is True
+    rest = client.get(
+        "/v1/jobs", params={"limit": 3, "after": first["data"][-1]["id"]}, headers=alice
+    ).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]]
+    assert rest["has_more"] is False
+
+
+def test_idempotency_key_returns_the_first_resource(
+    client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    headers = {**alice, "Idempotency-Key": "upload-1"}
+    first = client.post(
+        "/v1/files", params={"filename": "a.pt"}, content=checkpoint_bytes, headers=headers
+    )
+    again = client.post(
+        "/v1/files", params={"filename": "a.pt"}, content=checkpoint_bytes, headers=headers
+    )
+    assert first.json()["id"] == again.json()["id"]
+    body = {"checkpoint_file": first.json()["id"], "spec": {"arch": "lenet-300-100"}}
+    headers = {**alice, "Idempotency-Key": "job-1"}
+    job = client.post("/v1/jobs", json=body, headers=headers).json()
+    assert client.post("/v1/jobs", json=body, headers=headers).json()["id"] == job["id"]
+    assert len(client.get("/v1/jobs", headers=alice).json()["data"]) == 1
+
+
+def test_other_users_resources_are_404(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    file_id = upload(client, alice, checkpoint_bytes)
+    job_id = submit(client, alice, file_id)["id"]
+    for method, path in [
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("GET", f"/v1/jobs/{job_id}/artifact"),
+        ("GET", f"/v1/files/{file_id}"),
+    ]:
+        response = client.request(method, path, headers=bob)
+        assert response.status_code == 404, path
+        assert response.json()["detail"].startswith("no ")
+    body = {"checkpoint_file": file_id, "spec": {"arch": "lenet-300-100"}}
+    assert client.post("/v1/jobs", json=body, headers=bob).status_code == 404
+    assert client.get("/v1/jobs", headers=bob).json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"arch": "lenet-300-100", "quantize": {"n_centroid": 3}}, "spec.quantize.n_centroid"),
+        ({"arch": "lenet-300-100", "quantize": {"n_centroids": 999}}, "spec.quantize.n_centroids"),
+        ({"arch": "lenet-300-100", "prune": {"sparsity": 1.5}}, "spec.prune.sparsity"),
+        ({"arch": "lenet-300-100", "surprise": True}, "spec.surprise"),
+        ({"arch": "lenet-300-100", "device": "tpu"}, "spec.device"),
+        ({"quantize": {}}, "spec.arch"),
+    ],
+)
+def test_invalid_spec_is_422_naming_the_field(
+    client: TestClient,
+    alice: dict[str, str],
+    checkpoint_bytes: bytes,
+    spec: dict[str, object],
+    field: str,
+) -> None:
+    file_id = upload(client, alice, checkpoint_bytes)
+    response = client.post(
+        "/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}, headers=alice
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert response.headers["content-type"] == "application/problem+json"
+    assert problem["detail"].startswith(field)
+
+
+def test_unknown_architecture_or_data_set_is_422(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    with session_scope(settings.resolved_database_url) as session:
+        catalog.publish(session, "architecture", ["lenet-300-100", "lenet-5"])
+        catalog.publish(session, "data", ["digits", "mnist"])
+    file_id = upload(client, alice, checkpoint_bytes)
+    for spec, message in [
+        ({"arch": "lenet-6"}, "unknown architecture 'lenet-6'"),
+        ({"arch": "lenet-5", "data": "imagenet"}, "unknown data set 'imagenet'"),
+    ]:
+        response = client.post(
+            "/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}, headers=alice
+        )
+        assert response.status_code == 422
+        assert message in response.json()["detail"]
+
+
+def test_cancel_queued_job_ends_it_at_once(
+    client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=alice).json()
+    assert cancelled["status"] == "cancelled"
+    again = client.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
+    assert again.status_code == 409
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=alice).json()["data"]
+    assert [event["message"] for event in events] == ["queued", "cancelled before it started"]
+    stream = client.get(
+        f"/v1/jobs/{job_id}/events", headers={**alice, "Accept": "text/event-stream"}
+    )
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.text.count("event: job.event") == 2
+    assert 'event: job.end\ndata: {"status": "cancelled"}' in stream.text
+    assert client.get(f"/v1/jobs/{job_id}/artifact", headers=alice).status_code == 409
+
+
+def test_health_readiness_and_metrics(
+    client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    submit(client, alice, upload(client, alice, checkpoint_bytes))
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    metrics = client.get("/metrics").text
+    assert 'pqz_jobs{status="queued"} 1.0' in metrics
+    assert client.get("/openapi.json").json()["info"]["title"] == "pqz"
+
+
+def test_readiness_fails_when_the_broker_is_unreachable(settings: Settings) -> None:
+    from app.main import create_app
+
+    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(broken)) as test_client:
+        response = test_client.get("/readyz")
+    assert response.status_code == 503
+    assert "broker unreachable" in response.json()["detail"]
+
+
+def test_job_rows_keep_the_validated_spec(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes), data="digits")["id"]
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.status == JobStatus.queued
+        assert job.published_at is not None
+        assert json.loads(json.dumps(job.spec))["data"] == "digits"

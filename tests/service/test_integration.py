@@ -1,0 +1,234 @@
+"""Real processes: a Celery worker on the local Redis, a worker killed mid-job, and the
+embedded default (`pqz serve`) driven by the `pqz` client."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from compression import QuantConfig, build_model, load_pqz, quantize_
+from db.settings import Settings
+from tests.service.conftest import REDIS, _unavailable, make_settings, submit, upload
+
+PQZ = str(Path(sys.executable).parent / "pqz")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=3).flushdb()
+    except redis.RedisError as error:
+        _unavailable("Redis", error)
+    return REDIS
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PQZ_HOME=str(settings.home),
+        PQZ_DATABASE_URL=settings.resolved_database_url,
+        PQZ_BROKER_URL=settings.resolved_broker_url,
+        PQZ_HEARTBEAT_INTERVAL_S=str(settings.heartbeat_interval_s),
+        PQZ_HEARTBEAT_TIMEOUT_S=str(settings.heartbeat_timeout_s),
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[object]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(settings: Settings) -> subprocess.Popen[bytes]:
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
+            "-c", "1", "-P", "prefork", "--max-tasks-per-child=1", "--without-mingle",
+            "--without-gossip", "-n", f"test-{secrets.token_hex(4)}@%h", "--loglevel=INFO",
+        ]  # fmt: skip
+        log = (tmp_path / f"worker-{len(started)}.log").open("wb")
+        process = subprocess.Popen(
+            command,
+            env=_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait(
+    client: TestClient,
+    headers: dict[str, str],
+    job_id: str,
+    statuses: tuple[str, ...],
+    limit_s: float = 180,
+) -> dict[str, object]:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        job: dict[str, object] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not reach {statuses}: {job}")
+
+
+def _expected_outputs(checkpoint_bytes: bytes, images: torch.Tensor) -> torch.Tensor:
+    model = build_model("lenet-300-100")
+    model.load_state_dict(torch.load(io.BytesIO(checkpoint_bytes), weights_only=True))
+    quantize_(model, QuantConfig())
+    with torch.no_grad():
+        return model(images)
+
+
+def test_celery_worker_on_redis_compresses_end_to_end(
+    settings: Settings,
+    redis_url: str,
+    start_worker: object,
+    alice: dict[str, str],
+    checkpoint_bytes: bytes,
+    tmp_path: Path,
+) -> None:
+    settings = settings.model_copy(update={"broker_url": redis_url})
+    with TestClient(create_app(settings)) as client:
+        job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+        start_worker(settings)  # type: ignore[operator]
+        job = _wait(client, alice, job_id, ("succeeded", "failed", "cancelled"))
+        assert job["status"] == "succeeded", job["error"]
+        events = client.get(f"/v1/jobs/{job_id}/events", headers=alice).json()["data"]
+        progress = [event["progress"] for event in events if event["progress"] is not None]
+        assert progress == sorted(progress)
+        assert progress[-1] == 1.0
+        artifact = client.get(f"/v1/jobs/{job_id}/artifact", headers=alice)
+    path = tmp_path / "job.pqz"
+    path.write_bytes(artifact.content)
+    images = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_pqz(path)(images), _expected_outputs(checkpoint_bytes, images))
+
+
+@pytest.mark.sqlite_only
+def test_worker_killed_mid_job_is_rerun_not_stuck(
+    tmp_path: Path, database_url: str, redis_url: str, start_worker: object, checkpoint_bytes: bytes
+) -> None:
+    from db.migrate import upgrade
+    from tests.service.conftest import new_key
+
+    settings = make_settings(
+        tmp_path / "home", database_url, broker_url=redis_url, heartbeat_timeout_s=2.0
+    )
+    upgrade(settings.resolved_database_url)
+    alice = new_key(settings, "alice")
+    with TestClient(create_app(settings, reaper=True)) as client:
+        spec = {"data": "digits", "prune": None, "finetune": {"epochs": 15}}
+        job_id = submit(client, alice, upload(client, alice, checkpoint_bytes), **spec)["id"]
+        worker = start_worker(settings)  # type: ignore[operator]
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{job_id}", headers=alice).json()["stage"] not in (
+            "quantize",
+            "finetune",
+        ):
+            assert time.monotonic() < deadline, "the job never got going"
+            time.sleep(0.2)
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its child, mid-job
+        worker.wait()
+        job = _wait(client, alice, job_id, ("queued", "failed"), limit_s=60)
+        assert job["status"] == "queued"  # re-queued by the reaper, 1 attempt of 2 spent
+        assert job["attempts"] == 1
+        start_worker(settings)  # type: ignore[operator]
+        job = _wait(client, alice, job_id, ("succeeded", "failed", "cancelled"))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.sqlite_only
+def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes: bytes) -> None:
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
+    env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
+    server = subprocess.Popen(
+        [PQZ, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        key = None
+        assert server.stdout is not None
+        for line in server.stdout:
+            if line.startswith("first API key"):
+                key = line.split(":", 1)[1].strip()
+            if "Uvicorn running" in line:
+                break
+        assert key is not None, "pqz serve printed no first API key"
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").json() == {"status": "ready"}
+        client_env = {**env, "PQZ_URL": f"http://127.0.0.1:{port}", "PQZ_API_KEY": key}
+        checkpoint = tmp_path / "model.pt"
+        checkpoint.write_bytes(checkpoint_bytes)
+
+        def pqz(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [PQZ, *args],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+
+        submitted = pqz("submit", str(checkpoint), "--arch", "lenet-300-100", "--wait", "--json")
+        assert submitted.returncode == 0, submitted.stderr
+        job = json.loads(submitted.stdout)
+        assert job["status"] == "succeeded"
+        assert job["metrics"]["compression_ratio"] > 10
+        downloaded = pqz("download", job["id"], "-o", str(tmp_path / "out.pqz"))
+        assert downloaded.returncode == 0, downloaded.stderr
+        assert "sha256 ok" in downloaded.stdout
+        images = torch.randn(4, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.equal(
+                load_pqz(tmp_path / "out.pqz")(images), _expected_outputs(checkpoint_bytes, images)
+            )
+        failed = pqz("submit", str(checkpoint), "--arch", "lenet-5", "--wait")
+        assert failed.returncode == 1
+        assert "invalid_checkpoint" in failed.stdout + failed.stderr
+        missing = pqz("status", "job-missing")
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "error: no job 'job-missing' (HTTP 404)"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.pid, 0)  # the worker it started is gone too

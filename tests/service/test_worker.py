@@ -1,0 +1,187 @@
+"""The worker's job run, in this process: claim, intake, pipeline, artifact, terminal states."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from compression import QuantConfig, build_model, load_pqz, quantize_
+from db.jobs import claim, reap
+from db.models import Job, JobStatus
+from db.session import session_scope
+from db.settings import Settings
+from tests.service.conftest import submit, upload
+from worker.pipeline import run_job
+
+
+def _job(client: TestClient, headers: dict[str, str], job_id: str) -> dict[str, object]:
+    job: dict[str, object] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    return job
+
+
+def test_post_training_job_end_to_end(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    tmp_path: Path,
+) -> None:
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+    run_job(job_id, settings, worker="test-worker")
+    job = _job(client, alice, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"] == 1.0
+    stages = [
+        e["stage"] for e in client.get(f"/v1/jobs/{job_id}/events", headers=alice).json()["data"]
+    ]
+    assert {"validate", "quantize", "package"} <= set(stages)
+    response = client.get(f"/v1/jobs/{job_id}/artifact", headers=alice)
+    assert response.status_code == 200
+    etag = response.headers["etag"]
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert f'filename="{job_id}.pqz"' in response.headers["content-disposition"]
+    assert (
+        client.get(
+            f"/v1/jobs/{job_id}/artifact", headers={**alice, "If-None-Match": etag}
+        ).status_code
+        == 304
+    )
+    path = tmp_path / "model.pqz"
+    path.write_bytes(response.content)
+    # The same compression done locally gives the very same model.
+    expected = build_model("lenet-300-100")
+    expected.load_state_dict(torch.load(io.BytesIO(checkpoint_bytes), weights_only=True))
+    quantize_(expected, QuantConfig())
+    images = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_pqz(path)(images), expected(images))
+    # A duplicate delivery of the same message finds nothing to claim.
+    run_job(job_id, settings, worker="another-worker")
+    assert _job(client, alice, job_id)["status"] == "succeeded"
+
+
+class RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.sqlite_only  # this is about intake, not the database
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "hostile pickle",
+        "torchscript",
+        "pickled module",
+        "legacy",
+        "truncated",
+        "noise",
+        "wrong shapes",
+    ],
+)
+def test_bad_checkpoints_fail_with_invalid_checkpoint_and_run_nothing(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    if kind == "hostile pickle":
+        torch.save({"weight": RunsACommand(marker)}, buffer)
+    elif kind == "torchscript":
+        torch.jit.script(build_model("lenet-300-100")).save(buffer)
+    elif kind == "pickled module":
+        torch.save(build_model("lenet-300-100"), buffer)
+    elif kind == "legacy":
+        buffer.write(pickle.dumps(RunsACommand(marker), protocol=2))
+    elif kind == "truncated":
+        buffer.write(checkpoint_bytes[: len(checkpoint_bytes) // 2])
+    elif kind == "noise":
+        buffer.write(os.urandom(4096))
+    else:
+        torch.save(build_model("lenet-5").state_dict(), buffer)
+    job_id = submit(client, alice, upload(client, alice, buffer.getvalue()))["id"]
+    run_job(job_id, settings, worker="test-worker")
+    job = _job(client, alice, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_checkpoint", job["error"]
+    assert not marker.exists()
+
+
+def test_cancelling_a_running_job_stops_it_between_steps(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    spec = {
+        "data": "digits",
+        "prune": {"rounds": 50, "retrain_epochs": 5},
+        "finetune": {"epochs": 50},
+    }
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes), **spec)["id"]
+    runner = threading.Thread(
+        target=run_job, args=(job_id, settings), kwargs={"worker": "test-worker"}
+    )
+    runner.start()
+    deadline = time.monotonic() + 120
+    while (
+        _job(client, alice, job_id)["stage"] in (None, "validate") and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=alice).json()["status"] == "cancelling"
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    job = _job(client, alice, job_id)
+    assert job["status"] == "cancelled"
+    assert job["artifact"] is None
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "expected"), [(2, JobStatus.queued), (1, JobStatus.failed)]
+)
+def test_job_of_a_vanished_worker_is_requeued_or_failed(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    max_attempts: int,
+    expected: JobStatus,
+) -> None:
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+    url = settings.resolved_database_url
+    published = []
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.max_attempts = max_attempts
+        session.commit()
+        assert claim(session, job_id, "doomed-worker")
+    with session_scope(url) as session:  # fresh heartbeat: not lost yet
+        assert reap(session, published.append, timeout_s=60) == []
+    time.sleep(0.3)
+    with session_scope(url) as session:
+        assert (
+            reap(session, published.append, timeout_s=0.1)
+            == [job_id, job_id][: 2 if expected == JobStatus.queued else 1]
+        )
+    job = _job(client, alice, job_id)
+    assert job["status"] == expected
+    if expected == JobStatus.failed:
+        assert job["error"]["code"] == "worker_lost"
+    else:
+        assert published == [job_id]
+        run_job(job_id, settings, worker="rescuer")  # the re-published message runs it again
+        job = _job(client, alice, job_id)
+        assert job["status"] == "succeeded"
+        assert job["attempts"] == 2
