@@ -13,16 +13,22 @@ QUEUE = "gpu"
 
 
 @functools.cache
-def client(broker_url: str, transport_options: tuple[tuple[str, object], ...]) -> Celery:
+def _client(broker_url: str, transport_options: tuple[tuple[str, object], ...]) -> Celery:
     celery = Celery("pqz-api", broker=broker_url)
     celery.conf.broker_transport_options = dict(transport_options)
     celery.conf.task_ignore_result = True
     return celery
 
 
-def publisher(settings: Settings) -> functools.partial[None]:
+def celery_client(settings: Settings) -> Celery:
+    """One client per broker and process."""
     options = tuple(sorted(settings.broker_transport_options().items()))
-    return functools.partial(_publish, client(settings.resolved_broker_url, options))
+    return _client(settings.resolved_broker_url, options)
+
+
+def publisher(settings: Settings) -> functools.partial[None]:
+    """`publish(job_id)`: the message carries the job id only, and is the task's id too."""
+    return functools.partial(_publish, celery_client(settings))
 
 
 def _publish(celery: Celery, job_id: str) -> None:

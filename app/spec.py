@@ -48,7 +48,21 @@ def _check_rules(rules: dict[str, object], kind: str) -> dict[str, object]:
     return rules
 
 
-class PruneSpec(Strict):
+class LayerRules(Strict):
+    """Per-layer overrides: keys of `module_types` are layer types, of `modules` name patterns."""
+
+    @field_validator("module_types", check_fields=False)
+    @classmethod
+    def _types(cls, value: dict[str, object]) -> dict[str, object]:
+        return _check_rules(value, "type")
+
+    @field_validator("modules", check_fields=False)
+    @classmethod
+    def _names(cls, value: dict[str, object]) -> dict[str, object]:
+        return _check_rules(value, "name")
+
+
+class PruneSpec(LayerRules):
     sparsity: Fraction | None = None
     threshold: Annotated[float, Field(ge=0.0)] | None = None
     scope: Literal["layer", "global"] = "layer"
@@ -59,16 +73,6 @@ class PruneSpec(Strict):
     retrain_epochs: Epochs = 2.0
     retrain_lr: LearningRate = 0.01
     scan_samples: Annotated[int, Field(ge=0, le=1 << 30)] = 2000
-
-    @field_validator("module_types")
-    @classmethod
-    def _types(cls, value: dict[str, object]) -> dict[str, object]:
-        return _check_rules(value, "type")
-
-    @field_validator("modules")
-    @classmethod
-    def _names(cls, value: dict[str, object]) -> dict[str, object]:
-        return _check_rules(value, "name")
 
     def model_post_init(self, context: object) -> None:
         if self.sparsity is not None and self.threshold is not None:
@@ -81,7 +85,7 @@ class QuantRule(Strict):
     n_centroids: Annotated[int, Field(ge=2, le=256)] | None = None
 
 
-class QuantSpec(Strict):
+class QuantSpec(LayerRules):
     method: Literal["pq", "kmeans"] = "pq"
     block_size: Annotated[int, Field(ge=1, le=64)] | None = None
     n_centroids: Annotated[int, Field(ge=2, le=256)] = 256
@@ -91,16 +95,6 @@ class QuantSpec(Strict):
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     module_types: dict[str, QuantRule | None] = Field(default_factory=dict)
     modules: dict[str, QuantRule | None] = Field(default_factory=dict)
-
-    @field_validator("module_types")
-    @classmethod
-    def _types(cls, value: dict[str, object]) -> dict[str, object]:
-        return _check_rules(value, "type")
-
-    @field_validator("modules")
-    @classmethod
-    def _names(cls, value: dict[str, object]) -> dict[str, object]:
-        return _check_rules(value, "name")
 
 
 class FinetuneSpec(Strict):

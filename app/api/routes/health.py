@@ -8,7 +8,7 @@ from sqlalchemy import func, select, text
 
 from app.api.deps import SessionDep, SettingsDep
 from app.errors import Problem
-from app.queue import publisher
+from app.queue import celery_client
 from db.models import Job, JobStatus
 
 router = APIRouter(tags=["health"])
@@ -26,8 +26,7 @@ def readyz(session: SessionDep, settings: SettingsDep) -> dict[str, str]:
     except Exception as error:
         raise Problem(503, "Service Unavailable", f"database unreachable: {error}") from None
     try:
-        celery = publisher(settings).args[0]
-        with celery.connection_for_write() as connection:
+        with celery_client(settings).connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
     except Exception as error:
         raise Problem(503, "Service Unavailable", f"broker unreachable: {error}") from None
