@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -57,18 +56,11 @@ def start_worker(tmp_path: Path) -> Iterator[object]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(settings: Settings) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
-            "-c", "1", "-P", "prefork", "--max-tasks-per-child=1", "--without-mingle",
-            "--without-gossip", "-n", f"test-{secrets.token_hex(4)}@%h", "--loglevel=INFO",
-        ]  # fmt: skip
+        """`pqz worker` as an operator runs it (here: no GPU, so one CPU worker process)."""
         log = (tmp_path / f"worker-{len(started)}.log").open("wb")
+        env = {**_env(settings), "CUDA_VISIBLE_DEVICES": ""}
         process = subprocess.Popen(
-            command,
-            env=_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [PQZ, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         started.append(process)
         return process
@@ -232,3 +224,23 @@ def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes
     time.sleep(1)
     with pytest.raises(ProcessLookupError):
         os.killpg(server.pid, 0)  # the worker it started is gone too
+
+
+@pytest.mark.sqlite_only
+def test_keys_create_prints_a_working_key_once(settings: Settings) -> None:
+    created = subprocess.run(
+        [PQZ, "keys", "create", "carol", "--json"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["name"] == "carol"
+    assert key["key"].startswith("pqz_")
+    with TestClient(create_app(settings)) as client:
+        assert (
+            client.get("/v1/jobs", headers={"Authorization": f"Bearer {key['key']}"}).status_code
+            == 200
+        )
