@@ -93,12 +93,11 @@ def job_overhead(url: str, key: str, checkpoint: Path, repeats: int) -> tuple[fl
             job_id = client.post(
                 "/v1/jobs", json={"checkpoint_file": file_id, "spec": {"arch": "lenet-300-100"}}
             ).json()["id"]
-            while (status := client.get(f"/v1/jobs/{job_id}").json()["status"]) not in (
-                "succeeded",
-                "failed",
-            ):
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            while job["status"] not in ("succeeded", "failed"):
                 time.sleep(0.05)
-            assert status == "succeeded"
+                job = client.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] == "succeeded", job["error"]
             client.get(f"/v1/jobs/{job_id}/artifact").raise_for_status()
             served.append(time.perf_counter() - started)
     return statistics.median(direct), statistics.median(served)

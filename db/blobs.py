@@ -42,14 +42,17 @@ class BlobWriter:
         self.size = 0
         self.index = 0
 
-    def write(self, piece: bytes) -> None:
+    def write(self, piece: bytes | bytearray) -> None:
         self.size += len(piece)
         if self.max_bytes is not None and self.size > self.max_bytes:
             raise BlobTooLargeError(self.max_bytes)
         self.digest.update(piece)
         self.buffer += piece
         while len(self.buffer) >= self.chunk_bytes:
-            self._flush(bytes(self.buffer[: self.chunk_bytes]))
+            with memoryview(self.buffer) as view:
+                chunk = bytes(view[: self.chunk_bytes])  # the one copy the database needs
+            self._flush(chunk)
+            del chunk
             del self.buffer[: self.chunk_bytes]
 
     def close(self) -> Blob:

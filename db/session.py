@@ -11,15 +11,38 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+_ENGINES: dict[str, Engine] = {}
 
-@functools.cache
+
 def get_engine(url: str) -> Engine:
-    """One engine per URL and process (a forked worker child makes its own)."""
+    """One engine per URL and process."""
+    if url not in _ENGINES:
+        _ENGINES[url] = _create(url)
+    return _ENGINES[url]
+
+
+def forget_inherited_connections() -> None:
+    """In a forked child: leave the parent's pooled connections to the parent.
+
+    Two processes talking over one connection corrupt its state (PostgreSQL answers, for
+    instance, "prepared statement already exists"); the child opens its own instead.
+    """
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+
+
+def _create(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # The API answers from a pool of threads: enough connections that they rarely wait.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=20,
+            max_overflow=20,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:

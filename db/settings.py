@@ -55,13 +55,15 @@ class Settings(BaseSettings):
             # Redis redelivers unacknowledged tasks after this; it must outlast the longest job.
             return {"visibility_timeout": self.job_time_limit_s + 3600}
         folder = (self.home / "broker").resolve()
-        for name in ("queue", "processed"):
+        for name in ("queue", "processed", "control"):
             (folder / name).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # kombu's default is ./control
             "store_processed": False,
+            "polling_interval": 0.1,  # kombu's default of 1 s would add up to a second per job
         }
 
 

@@ -7,11 +7,11 @@ import os
 import socket
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from db import catalog
 from db.jobs import reap
-from db.session import session_scope
+from db.session import forget_inherited_connections, session_scope
 from worker.celery_app import app, settings
 from worker.pipeline import run_job
 
@@ -35,8 +35,15 @@ def reap_jobs() -> None:
 
 
 @worker_process_init.connect
+def fresh_connections(**_: Any) -> None:
+    """Each pool process (one per job) opens its own database connections."""
+    forget_inherited_connections()
+
+
+@worker_ready.connect
 def publish_catalog(**_: Any) -> None:
-    """Tell the API which architectures and data sets this worker can run."""
+    """Tell the API which architectures and data sets this worker can run (once, in the main
+    process: listing torchvision's models takes seconds, too long to repeat for every job)."""
     try:
         publish_catalog_now()
     except Exception:

@@ -106,10 +106,14 @@ def test_celery_worker_on_redis_compresses_end_to_end(
 ) -> None:
     settings = settings.model_copy(update={"broker_url": redis_url})
     with TestClient(create_app(settings)) as client:
-        job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+        file_id = upload(client, alice, checkpoint_bytes)
+        # Three jobs: each runs in a fresh pool process forked from the same worker, which must
+        # not share its parent's database connections.
+        job_ids = [submit(client, alice, file_id)["id"] for _ in range(3)]
         start_worker(settings)  # type: ignore[operator]
-        job = _wait(client, alice, job_id, ("succeeded", "failed", "cancelled"))
-        assert job["status"] == "succeeded", job["error"]
+        for job_id in job_ids:
+            job = _wait(client, alice, job_id, ("succeeded", "failed", "cancelled"))
+            assert job["status"] == "succeeded", job["error"]
         events = client.get(f"/v1/jobs/{job_id}/events", headers=alice).json()["data"]
         progress = [event["progress"] for event in events if event["progress"] is not None]
         assert progress == sorted(progress)

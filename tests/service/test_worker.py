@@ -102,7 +102,7 @@ def test_bad_checkpoints_fail_with_invalid_checkpoint_and_run_nothing(
     if kind == "hostile pickle":
         torch.save({"weight": RunsACommand(marker)}, buffer)
     elif kind == "torchscript":
-        torch.jit.script(build_model("lenet-300-100")).save(buffer)
+        torch.jit.save(torch.jit.script(build_model("lenet-300-100")), buffer)
     elif kind == "pickled module":
         torch.save(build_model("lenet-300-100"), buffer)
     elif kind == "legacy":

@@ -61,9 +61,9 @@ async def upload(
         async for piece in request.stream():
             pending += piece
             if len(pending) >= settings.chunk_bytes:
-                await run_in_threadpool(writer.write, bytes(pending))
+                await run_in_threadpool(writer.write, pending)  # copied into the writer's buffer
                 pending.clear()
-        await run_in_threadpool(writer.write, bytes(pending))
+        await run_in_threadpool(writer.write, pending)
         blob = await run_in_threadpool(writer.close)
     except BlobTooLargeError:
         await run_in_threadpool(writer.abort)
