@@ -225,7 +225,7 @@ class QuantConfig:
     block_size: int | None = None
     n_centroids: int = 256
     n_iter: int = 25
-    samples_per_centroid: int = 64
+    samples_per_centroid: int = 32
     fallback_dtype: Literal["float32", "float16"] = "float32"
     seed: int = 0
     module_types: Mapping[str, QuantRule | None] = field(default_factory=dict)

@@ -28,7 +28,7 @@ def kmeans(
     n_centroids: int,
     *,
     n_iter: int = 25,
-    samples_per_centroid: int = 64,
+    samples_per_centroid: int = 32,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the rows of X (n, d); returns the codebook (k, d) and codes (n,) int64."""

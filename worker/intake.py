@@ -33,7 +33,8 @@ def read_checkpoint_isolated(
 ) -> dict[str, torch.Tensor]:
     """The checked state dict, read by a child process; InvalidCheckpointError otherwise.
 
-    `memory_bytes` is how much address space the child may add to what it inherits.
+    `memory_bytes` is how much address space the child may add to what it inherits (free heap
+    it inherits can be reused on top).
     """
     from safetensors.torch import load_file
 
