@@ -9,7 +9,8 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Piped output is not cut at 80 columns: names and ids must stay whole for grep and copy.
+console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True)
 
 

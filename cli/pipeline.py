@@ -122,10 +122,10 @@ def evaluate(
     from compression.train import evaluate as accuracy
 
     target = _device(device)
-    is_pqz = False
-    if file.is_file():
-        with file.open("rb") as handle:
-            is_pqz = handle.read(len(MAGIC)) == MAGIC
+    if not file.is_file():
+        fail(f"cannot read {file}: No such file or directory")
+    with file.open("rb") as handle:
+        is_pqz = handle.read(len(MAGIC)) == MAGIC
     if is_pqz:
         architecture = inspect_pqz(file).architecture["name"]
         model = load_pqz(file)
@@ -298,16 +298,6 @@ def _default_classes(arch: str) -> int:
 
 
 def _device(name: str) -> torch.device:
-    import torch
+    from compression.train import resolve_device
 
-    from compression import InvalidConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InvalidConfigError(f"device {name!r} is not cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
-    return device
+    return resolve_device(name)

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,7 +134,7 @@ class Pipeline:
         self, output: str | os.PathLike[str], *, architecture: str, num_classes: int
     ) -> PqzInfo:
         started = time.perf_counter()
-        self.report("package")(0.0, f"writing {output}")
+        self.report("package")(0.0, f"writing {Path(output).name}")
         self.metrics["weight_sparsity"] = weight_sparsity(self.model)
         info = save_pqz(
             self.model,

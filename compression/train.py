@@ -18,8 +18,22 @@ from torch import nn
 
 from compression.config import TrainConfig
 from compression.data import Dataset, Split, batches
+from compression.errors import InvalidConfigError
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, message)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when there is a GPU), `cpu`, `cuda` or `cuda:N`, checked against the machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidConfigError(f"device {name!r} is not cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:

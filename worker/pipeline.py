@@ -30,6 +30,7 @@ from compression import (
 )
 from compression.data import Dataset, fit_to, load_dataset
 from compression.pipeline import Pipeline
+from compression.train import resolve_device
 from compression.zoo import get_architecture
 from db.blobs import read_blob, write_blob
 from db.jobs import add_event, claim, finish, heartbeat
@@ -213,7 +214,7 @@ def _run(
     )
     model = build_model(spec.arch, num_classes)
     model.load_state_dict(state)
-    device = _device(spec.device)
+    device = resolve_device(spec.device)
     recorder("validate", 1.0, f"checkpoint fits {spec.arch}; running on {device}")
     pipeline = Pipeline(model, spec, dataset, device, recorder)
     pipeline.baseline()
@@ -265,12 +266,3 @@ def _read_file(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(size):
             yield chunk
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidConfigError(f"device {name!r} asked for, but this worker has no CUDA GPU")
-    return device

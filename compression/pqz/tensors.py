@@ -142,7 +142,7 @@ def _encode_pq(
 
 
 def _encode_mask(mask: torch.Tensor | None, numel: int, writer: SectionWriter) -> dict[str, Any]:
-    if mask is None:
+    if mask is None or bool(mask.all()):  # nothing pruned: the layout is the same without it
         return {"mask": None, "n_kept": numel, "sections": {}}
     flat = mask.flatten().cpu().numpy()
     candidates = {
