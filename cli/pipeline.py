@@ -229,6 +229,15 @@ def compress(
             f"weight sparsity {metrics['weight_sparsity']:.1%}",
             highlight=False,
         )
+    rounds = metrics.get("prune", {}).get("rounds")
+    if rounds is not None:
+        kept = sum(1 for entry in rounds if entry["kept"])
+        tolerance = config.prune.max_accuracy_drop if config.prune else 0.0
+        console.print(
+            f"pruning: {kept} of {len(rounds)} rounds kept (a round is undone when validation "
+            f"accuracy falls more than {100 * tolerance:.2f} points below the baseline)",
+            highlight=False,
+        )
     for layer in metrics["quantize"]["layers"]:
         if layer["note"]:
             console.print(
