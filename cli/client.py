@@ -119,12 +119,13 @@ def submit(
     body["arch"] = arch
     if num_classes is not None:
         body["num_classes"] = num_classes
+    if data is not None and not data.endswith(".npz"):
+        body["data"] = data
+    _check_spec(body)  # before anything is uploaded: a refused job would leave an orphan file
     client = Client()
     data_file = None
     if data is not None and data.endswith(".npz"):
         data_file = _upload(client, Path(data), "dataset")
-    elif data is not None:
-        body["data"] = data
     file_id = _upload(client, checkpoint, "checkpoint")
     job = client.request(
         "POST", "/v1/jobs", json={"checkpoint_file": file_id, "data_file": data_file, "spec": body}
@@ -138,6 +139,20 @@ def submit(
         console.print(_summary(payload), highlight=False)
     if wait and payload["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def _check_spec(body: dict[str, Any]) -> None:
+    """The server's own (torch-free) validation of the job spec, run locally first."""
+    from pydantic import ValidationError
+
+    from app.spec import JobSpec
+
+    try:
+        JobSpec.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        fail(f"invalid spec: spec.{field}: {first['msg']}")
 
 
 def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:

@@ -115,3 +115,29 @@ def test_bad_input_is_one_clear_line(
     assert result.returncode == code
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_submit_checks_the_spec_before_uploading(
+    trained: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    from tests.cli.test_local_commands import PQZ
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"prune": {"rouns": 3}}))
+    env = {
+        **os.environ,
+        "PQZ_URL": "http://127.0.0.1:9",
+        "PQZ_API_KEY": "pqz_unused",
+    }  # nothing listens
+    result = subprocess.run(
+        [PQZ, "submit", str(trained[0]), "--arch", "lenet-300-100", "--spec", str(spec)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "error: invalid spec: spec.prune.rouns: Extra inputs are not permitted"
+    )
