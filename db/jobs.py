@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL, ApiKey, Job, JobEvent, JobStatus, User, now
+from db.blobs import delete_blob
+from db.models import TERMINAL, ApiKey, Blob, Job, JobEvent, JobStatus, User, now
 
 Publish = Callable[[str], None]  # sends the job id to the workers' queue
+ABANDONED_UPLOAD_S = 24 * 3600  # an upload still incomplete after a day is not coming back
 
 
 def add_event(
@@ -176,7 +178,18 @@ def reap(
         session.commit()
         publish(job_id)
         acted.append(job_id)
+    _drop_abandoned_uploads(session, moment - timedelta(seconds=ABANDONED_UPLOAD_S))
     return acted
+
+
+def _drop_abandoned_uploads(session: Session, before: datetime) -> None:
+    """Blobs left incomplete by an upload whose API process died mid-stream."""
+    abandoned = session.execute(
+        select(Blob.id).where(Blob.complete.is_(False), Blob.created_at < before)
+    ).scalars()
+    for blob_id in list(abandoned):
+        delete_blob(session, blob_id)
+    session.commit()
 
 
 def mark_published(session: Session, job_id: str) -> None:

@@ -185,3 +185,27 @@ def test_job_of_a_vanished_worker_is_requeued_or_failed(
         job = _job(client, alice, job_id)
         assert job["status"] == "succeeded"
         assert job["attempts"] == 2
+
+
+def test_reaper_drops_uploads_abandoned_mid_stream(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from db.blobs import BlobWriter
+    from db.models import Blob, BlobChunk, now
+
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        stale = BlobWriter(session, chunk_bytes=4)
+        stale.write(b"0123456789")  # two chunks written, never closed: the API died
+        fresh = BlobWriter(session, chunk_bytes=4)
+        fresh.write(b"0123456789")  # still streaming
+        stale.blob.created_at = now() - timedelta(days=2)
+        session.commit()
+        stale_id, fresh_id = stale.blob.id, fresh.blob.id
+    with session_scope(url) as session:
+        reap(session, lambda job_id: None, timeout_s=60)
+    with session_scope(url) as session:
+        assert session.get(Blob, stale_id) is None
+        assert session.get(Blob, fresh_id) is not None
+        chunks = session.query(BlobChunk.blob_id).distinct().all()
+        assert [row[0] for row in chunks] == [fresh_id]
