@@ -28,7 +28,6 @@ from compression.prune import clone_model, get_mask, prunable_layers, prune_, we
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, train
 
-STAGES = ("baseline", "prune", "quantize", "finetune", "package")
 StageProgress = Callable[[str, float, str], None]  # (stage, fraction of the stage, message)
 
 
