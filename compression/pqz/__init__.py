@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compression.errors import CorruptArtifactError
+from compression.errors import CorruptArtifactError, InvalidConfigError
 from compression.pqz.container import (
     FORMAT_VERSION,
     SectionWriter,
@@ -27,7 +27,8 @@ from compression.pqz.container import (
     write_container,
 )
 from compression.pqz.tensors import check_entries, decode_entry, encode_model, logical_tensors
-from compression.zoo import build_model
+from compression.runtime import RUNTIMES, compile_runtime
+from compression.zoo import build_model, get_architecture
 
 __all__ = [
     "FORMAT_VERSION",
@@ -161,8 +162,26 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return state, _architecture(container.manifest)
 
 
-def load_pqz(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
-    """The compressed model, decoded into its architecture, in eval mode on `device`."""
+def load_pqz(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    runtime: str = "dense",
+    batch_size: int = 1,
+    example_inputs: torch.Tensor | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """The compressed model, decoded into its architecture, in eval mode on `device`.
+
+    `runtime="dense"` gives the decoded fp32 model. `runtime="auto"` measures, layer by layer,
+    the kernels of `compression.runtime` at `batch_size` on this machine (cached in
+    `cache_path`, default ~/.cache/pqz/autotune.json) and keeps the fastest one that matches the
+    decoded layer; `example_inputs` (a few real inputs) make the checks meaningful and allow
+    calibrated int8 convolutions. `compression.runtime.runtime_report(model)` says what was
+    chosen, measured and how many bytes the model holds.
+    """
+    if runtime not in RUNTIMES:
+        raise InvalidConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     container = read_container(path, verify=True)
     entries = check_entries(container, _element_budget(container.file_size))
     architecture = _architecture(container.manifest)
@@ -177,7 +196,20 @@ def load_pqz(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
         )
     state = {entry["name"]: decode_entry(container, entry) for entry in entries}
     model.load_state_dict(state)
-    return model.to(device).eval()
+    del state  # the decoded fp32 tensors are not kept beside the kernels built from them
+    model = model.to(device).eval()
+    if runtime == "dense":
+        return model
+    compiled, _ = compile_runtime(
+        model,
+        input_shape=get_architecture(architecture["name"]).input_shape,
+        runtime=runtime,
+        device=device,
+        batch_size=batch_size,
+        example_inputs=example_inputs,
+        cache_path=None if cache_path is None else Path(cache_path),
+    )
+    return compiled
 
 
 def decompress_pqz(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
