@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import client, local, pipeline, service
+from cli import client, local, pipeline, runtime, service
 from cli.output import fail
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 local.register(app)
 pipeline.register(app)
+runtime.register(app)
 service.register(app)
 client.register(app)
 

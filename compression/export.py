@@ -1,0 +1,49 @@
+"""Export a `.pqz` for other runtimes: ONNX of the decoded model, or a safetensors state dict.
+
+Both hold dense fp32 weights: the compression is in the `.pqz` file, not in these formats.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from compression.errors import UnsupportedLayerError
+from compression.pqz import decompress_pqz, inspect_pqz, load_pqz
+from compression.pqz.container import atomic_path
+from compression.zoo import get_architecture
+
+FORMATS = ("onnx", "safetensors")
+
+
+def export_pqz(path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str) -> Path:
+    """Write `path` as `fmt` to `out` atomically; ONNX gets a dynamic batch dimension."""
+    if fmt == "safetensors":
+        return decompress_pqz(path, out)
+    if fmt != "onnx":
+        raise UnsupportedLayerError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    try:
+        import onnx  # noqa: F401  (the exporter needs both)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UnsupportedLayerError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'pqz[onnx]'"
+        ) from None
+    model = load_pqz(path)
+    shape = get_architecture(inspect_pqz(path).architecture["name"]).input_shape
+    example = torch.zeros((2, *shape))
+    with atomic_path(out) as temporary:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(temporary),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits"],
+            verbose=False,
+        )
+    return Path(out)

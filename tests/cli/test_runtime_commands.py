@@ -1,0 +1,125 @@
+"""`pqz bench-infer` and `pqz export` as a user runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compression import PruneConfig, QuantConfig, build_model, load_pqz, prune_, quantize_, save_pqz
+
+PQZ = str(Path(sys.executable).parent / "pqz")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PQZ, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent)},
+    )
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("lenet-5", 10).eval()
+    prune_(model, PruneConfig(sparsity=0.9))
+    quantize_(model, QuantConfig(n_iter=3))
+    path = tmp_path_factory.mktemp("runtime-cli") / "lenet5.pqz"
+    save_pqz(model, path, architecture="lenet-5", num_classes=10)
+    return path
+
+
+def test_bench_infer_json_compares_both_models_on_real_data(lenet: Path, tmp_path: Path) -> None:
+    result = run(
+        "bench-infer", str(lenet), "--batch", "1,4", "--data", "digits", "--samples", "100",
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["batch"] for row in report["results"]] == [1, 4]
+    for row in report["results"]:
+        assert row["device"] == "cpu"
+        assert row["dense_ms"] > 0
+        assert row["compressed_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["dense_ms"] / row["compressed_ms"])
+        # Peak = the model's bytes + what a call adds; LeNet-5 dense holds 1.7 MB of fp32.
+        assert row["dense_peak_bytes"] >= 1_724_320
+        assert row["compressed_peak_bytes"] > 0
+        assert row["agreement_n"] == 100
+        assert 0.0 <= row["agreement"] <= 1.0
+        assert sum(row["kernels"].values()) == 4  # conv1, conv2, fc1, fc2
+
+
+def test_bench_infer_table_without_memory(lenet: Path) -> None:
+    result = run("bench-infer", str(lenet), "--batch", "2", "--no-memory")
+    assert result.returncode == 0, result.stderr
+    assert "speed-up" in result.stdout
+    assert "dense fp32 against the compressed runtime" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--batch", "1,x"], "--batch '1,x' is not a comma-separated list of integers", 2),
+        (["--batch", "0"], "batch sizes must be >= 1", 2),
+        (["--device", "tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto", 1),
+    ],
+)
+def test_bench_infer_refuses_bad_options_in_one_line(
+    lenet: Path, args: list[str], message: str, code: int
+) -> None:
+    result = run("bench-infer", str(lenet), *args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bench_infer_names_a_missing_file(tmp_path: Path) -> None:
+    result = run("bench-infer", str(tmp_path / "absent.pqz"))
+    assert result.returncode == 1
+    assert "absent.pqz" in result.stderr
+
+
+def test_export_onnx_runs_in_onnxruntime_with_any_batch(lenet: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    out = tmp_path / "lenet5.onnx"
+    result = run("export", str(lenet), "--format", "onnx", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "holds the decoded dense weights" in result.stderr.replace("\n", " ")
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    inputs = torch.rand(3, 1, 28, 28)
+    (logits,) = session.run(None, {"input": inputs.numpy()})
+    with torch.inference_mode():
+        expected = load_pqz(lenet)(inputs).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_safetensors_holds_the_decoded_weights(lenet: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lenet5.safetensors"
+    result = run("export", str(lenet), "--format", "safetensors", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    state = load_file(out)
+    decoded = load_pqz(lenet).state_dict()
+    assert set(state) == set(decoded)
+    assert torch.equal(state["fc1.weight"], decoded["fc1.weight"])
+
+
+def test_export_into_a_missing_directory_fails_and_leaves_nothing(
+    lenet: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "missing" / "model.onnx"
+    result = run("export", str(lenet), "--format", "onnx", "-o", str(out))
+    assert result.returncode == 1
+    assert "missing" in result.stderr
+    assert not out.parent.exists()
