@@ -32,6 +32,13 @@ def forget_inherited_connections() -> None:
 
 
 def _create(url: str) -> Engine:
+    """Both pools hand out the most recently returned connection (LIFO), not the one idle
+    longest (FIFO, SQLAlchemy's default). A connection keeps memory sized by the largest
+    statement it ran: sqlite3's cached INSERT keeps its last bound 4 MiB chunk, SQLite its page
+    cache, libpq its grown buffers. With FIFO, a 1 GB upload after a burst of concurrent polls
+    committed each chunk on the next of 20 warm connections in turn, and the API grew by 154 MB
+    (SQLite) or 66 MB (PostgreSQL) instead of 32 MB; LIFO keeps a sequential stream on one.
+    """
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -42,6 +49,7 @@ def _create(url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=20,
             max_overflow=20,
+            pool_use_lifo=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -53,7 +61,7 @@ def _create(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_use_lifo=True)
 
 
 @functools.cache
