@@ -148,8 +148,8 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job: JobDep) -> JobPublic:
-    return public(job)
+async def get_job(job: JobDep) -> JobPublic:
+    return public(job)  # no I/O: the job's columns were loaded by valid_job
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
