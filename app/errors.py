@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.validation import describe
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -40,14 +42,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = [
-            {
-                "field": ".".join(str(part) for part in item["loc"] if part != "body"),
-                "message": item["msg"],
-            }
-            for item in error.errors()
+            dict(zip(("field", "message"), describe(item), strict=True)) for item in error.errors()
         ]
-        first = errors[0] if errors else {"field": "", "message": "invalid request"}
-        detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        detail = errors[0]["message"] if errors else "invalid request"
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more in 'errors')"
         return _response(request, 422, "Invalid Request", detail, errors=errors)
 
     @app.exception_handler(HTTPException)

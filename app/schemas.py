@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from app.spec import JobSpec
+from app.spec import JobSpec, KnownFields
 
 
 class FilePublic(BaseModel):
@@ -20,12 +20,16 @@ class FilePublic(BaseModel):
     created_at: datetime
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class JobCreate(KnownFields):
     checkpoint_file: str = Field(description="Id of an uploaded checkpoint (purpose 'checkpoint').")
     data_file: str | None = Field(None, description="Id of an uploaded .npz (purpose 'dataset').")
     spec: JobSpec
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: str = "file"
+    deleted: bool = True
 
 
 class JobError(BaseModel):

@@ -1,49 +1,104 @@
 """The job spec as the API validates it, without torch: the same fields and rules as
-`compression.config.CompressionSpec` (a test checks that both accept and reject alike)."""
+`compression.config.CompressionSpec` (a test checks that both accept and reject alike, and
+fill in the same JSON)."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-Epochs = Annotated[float, Field(ge=0.0, le=10_000.0)]
-LearningRate = Annotated[float, Field(ge=0.0, le=10.0)]
 LAYER_TYPES = ("Linear", "Conv2d")
 
 
-class Strict(BaseModel):
+def _as_given(value: object, check: Callable[[object], object]) -> object:
+    checked = check(value)
+    return value if type(value) is int else checked
+
+
+class AsGiven:
+    """A float field that keeps an integer as given: `"epochs": 1` is stored and echoed as 1, as
+    the library keeps it (and writes it into the .pqz), not as pydantic's 1.0."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_wrap_validator_function(
+            _as_given,
+            handler(source),  # the float's own checks (type, bounds) still run first
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda value: value),
+        )
+
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0), AsGiven]
+NonNegative = Annotated[float, Field(ge=0.0), AsGiven]
+Epochs = Annotated[float, Field(ge=0.0, le=10_000.0), AsGiven]
+LearningRate = Annotated[float, Field(ge=0.0, le=10.0), AsGiven]
+
+
+class KnownFields(BaseModel):
+    """Rejects an unknown key naming the fields allowed there, as the library does (pydantic
+    would only say "Extra inputs are not permitted"); app/validation.py words the error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_field",
+                        "unknown field {field!r} (allowed: {allowed})",
+                        {"field": key, "allowed": ", ".join(cls.model_fields)},
+                    )
+        return data
+
+
+class Strict(KnownFields):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PruneRule(Strict):
     sparsity: Fraction | None = None
-    threshold: Annotated[float, Field(ge=0.0)] | None = None
+    threshold: NonNegative | None = None
 
     @field_validator("threshold")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and value == float("inf"):
-            raise ValueError("threshold must be finite")
+            raise ValueError(f"{value!r} is not finite")
         return value
 
     def model_post_init(self, context: object) -> None:
         if (self.sparsity is None) == (self.threshold is None):
-            raise ValueError("a prune rule takes exactly one of sparsity or threshold")
+            raise ValueError(
+                "takes exactly one of sparsity or threshold, "
+                f"got sparsity={self.sparsity!r}, threshold={self.threshold!r}"
+            )
 
 
 def _check_rules(rules: dict[str, object], kind: str) -> dict[str, object]:
+    # Worded to follow the field's path: "spec.quantize.module_types key 'LSTM' is not ...".
     for key in rules:
         if kind == "type" and key not in LAYER_TYPES:
-            raise ValueError(f"module type {key!r} is not one of {', '.join(LAYER_TYPES)}")
+            raise ValueError(f"key {key!r} is not one of {', '.join(LAYER_TYPES)}")
         if kind == "name":
             try:
                 re.compile(key)
             except re.error as error:
                 raise ValueError(
-                    f"module name pattern {key!r} is not a valid regular expression: {error}"
+                    f"key {key!r} is not a valid regular expression: {error}"
                 ) from None
     return rules
 
@@ -64,11 +119,11 @@ class LayerRules(Strict):
 
 class PruneSpec(LayerRules):
     sparsity: Fraction | None = None
-    threshold: Annotated[float, Field(ge=0.0)] | None = None
+    threshold: NonNegative | None = None
     scope: Literal["layer", "global"] = "layer"
     module_types: dict[str, PruneRule | None] = Field(default_factory=dict)
     modules: dict[str, PruneRule | None] = Field(default_factory=dict)
-    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.003
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0), AsGiven] = 0.003
     rounds: Annotated[int, Field(ge=0, le=100)] = 6
     retrain_epochs: Epochs = 2.0
     retrain_lr: LearningRate = 0.01
@@ -76,7 +131,10 @@ class PruneSpec(LayerRules):
 
     def model_post_init(self, context: object) -> None:
         if self.sparsity is not None and self.threshold is not None:
-            raise ValueError("a prune rule takes exactly one of sparsity or threshold")
+            raise ValueError(
+                "takes exactly one of sparsity or threshold, "
+                f"got sparsity={self.sparsity!r}, threshold={self.threshold!r}"
+            )
 
 
 class QuantRule(Strict):
@@ -116,3 +174,11 @@ class JobSpec(Strict):
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: object) -> object:
+        # Before the pattern, to say it as the library does rather than quote a regex.
+        if isinstance(value, str) and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"{value!r} is not auto, cpu, cuda or cuda:N")
+        return value

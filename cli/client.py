@@ -6,6 +6,7 @@ problem+json answers become one clear line each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -121,15 +122,26 @@ def submit(
         body["num_classes"] = num_classes
     if data is not None and not data.endswith(".npz"):
         body["data"] = data
-    _check_spec(body)  # before anything is uploaded: a refused job would leave an orphan file
+    _check_spec(body)  # before anything is uploaded, as far as the spec alone can tell
     client = Client()
-    data_file = None
-    if data is not None and data.endswith(".npz"):
-        data_file = _upload(client, Path(data), "dataset")
-    file_id = _upload(client, checkpoint, "checkpoint")
-    job = client.request(
-        "POST", "/v1/jobs", json={"checkpoint_file": file_id, "data_file": data_file, "spec": body}
-    )
+    uploaded: list[str] = []
+    try:
+        data_file = None
+        if data is not None and data.endswith(".npz"):
+            data_file = _upload(client, Path(data), "dataset")
+            uploaded.append(data_file)
+        file_id = _upload(client, checkpoint, "checkpoint")
+        uploaded.append(file_id)
+        job = client.request(
+            "POST",
+            "/v1/jobs",
+            json={"checkpoint_file": file_id, "data_file": data_file, "spec": body},
+        )
+    except BaseException:
+        # The error line is out already. These uploads were made for this job alone: when it is
+        # refused (an architecture the server does not know, say), they must not stay behind.
+        _discard(client, uploaded)
+        raise
     payload = job.json()
     if wait:
         payload = _follow(client, payload["id"], quiet=json_output)
@@ -141,18 +153,27 @@ def submit(
         raise typer.Exit(1)
 
 
+def _discard(client: Client, file_ids: list[str]) -> None:
+    """Best effort: a file a job did get (409) or an unreachable server is left as it is."""
+    for file_id in file_ids:
+        with contextlib.suppress(httpx.HTTPError):
+            client.http.delete(f"/v1/files/{file_id}", timeout=10.0)
+
+
 def _check_spec(body: dict[str, Any]) -> None:
-    """The server's own (torch-free) validation of the job spec, run locally first."""
+    """The server's own (torch-free) validation of the job spec, run locally first, with the
+    server's wording."""
     from pydantic import ValidationError
 
     from app.spec import JobSpec
+    from app.validation import describe
 
     try:
         JobSpec.model_validate(body)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        fail(f"invalid spec: spec.{field}: {first['msg']}")
+        first["loc"] = ("spec", *first["loc"])  # the field's path in the request
+        fail(f"invalid spec: {describe(first)[1]}")
 
 
 def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:

@@ -105,6 +105,40 @@ def test_idempotency_key_returns_the_first_resource(
     assert len(client.get("/v1/jobs", headers=alice).json()["data"]) == 1
 
 
+def test_delete_file_removes_it_and_its_bytes(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    headers = {**alice, "Idempotency-Key": "upload-1"}
+    first = client.post(
+        "/v1/files", params={"filename": "a.pt"}, content=checkpoint_bytes, headers=headers
+    ).json()
+    response = client.delete(f"/v1/files/{first['id']}", headers=alice)
+    assert response.status_code == 200
+    assert response.json() == {"id": first["id"], "object": "file", "deleted": True}
+    assert client.get(f"/v1/files/{first['id']}", headers=alice).status_code == 404
+    assert client.delete(f"/v1/files/{first['id']}", headers=alice).status_code == 404
+    assert _count(settings, Blob) == 0
+    assert _count(settings, BlobChunk) == 0
+    # The key no longer replays a deleted file: the same upload again makes a new one.
+    again = client.post(
+        "/v1/files", params={"filename": "a.pt"}, content=checkpoint_bytes, headers=headers
+    )
+    assert again.status_code == 201
+    assert again.json()["id"] != first["id"]
+
+
+def test_delete_file_used_by_a_job_is_409(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    file_id = upload(client, alice, checkpoint_bytes)
+    job_id = submit(client, alice, file_id)["id"]
+    response = client.delete(f"/v1/files/{file_id}", headers=alice)
+    assert response.status_code == 409
+    assert response.json()["detail"] == f"file '{file_id}' is used by job '{job_id}'"
+    assert client.get(f"/v1/files/{file_id}", headers=alice).status_code == 200
+    assert _count(settings, Blob) == 1
+
+
 def test_other_users_resources_are_404(
     client: TestClient, alice: dict[str, str], bob: dict[str, str], checkpoint_bytes: bytes
 ) -> None:
@@ -116,6 +150,7 @@ def test_other_users_resources_are_404(
         ("GET", f"/v1/jobs/{job_id}/events"),
         ("GET", f"/v1/jobs/{job_id}/artifact"),
         ("GET", f"/v1/files/{file_id}"),
+        ("DELETE", f"/v1/files/{file_id}"),
     ]:
         response = client.request(method, path, headers=bob)
         assert response.status_code == 404, path
@@ -125,32 +160,102 @@ def test_other_users_resources_are_404(
     assert client.get("/v1/jobs", headers=bob).json()["data"] == []
 
 
+ALLOWED_PRUNE = (
+    "sparsity, threshold, scope, module_types, modules, max_accuracy_drop, rounds, "
+    "retrain_epochs, retrain_lr, scan_samples"
+)
+
+
 @pytest.mark.parametrize(
-    ("spec", "field"),
+    ("spec", "field", "detail"),
     [
-        ({"arch": "lenet-300-100", "quantize": {"n_centroid": 3}}, "spec.quantize.n_centroid"),
-        ({"arch": "lenet-300-100", "quantize": {"n_centroids": 999}}, "spec.quantize.n_centroids"),
-        ({"arch": "lenet-300-100", "prune": {"sparsity": 1.5}}, "spec.prune.sparsity"),
-        ({"arch": "lenet-300-100", "surprise": True}, "spec.surprise"),
-        ({"arch": "lenet-300-100", "device": "tpu"}, "spec.device"),
-        ({"quantize": {}}, "spec.arch"),
+        (
+            {"prune": {"foo": 1}},
+            "spec.prune.foo",
+            f"unknown field 'foo' in spec.prune (allowed: {ALLOWED_PRUNE})",
+        ),
+        (
+            {"quantize": {"modules": {"features.0": {"bits": 4}}}},
+            "spec.quantize.modules['features.0'].bits",
+            "unknown field 'bits' in spec.quantize.modules['features.0'] "
+            "(allowed: method, block_size, n_centroids)",
+        ),
+        (
+            {"surprise": True},
+            "spec.surprise",
+            "unknown field 'surprise' in spec (allowed: arch, num_classes, data, prune, "
+            "quantize, finetune, seed, device)",
+        ),
+        (
+            {"quantize": {"block_size": 2.5}},
+            "spec.quantize.block_size",
+            "spec.quantize.block_size must be an integer, got 2.5",
+        ),
+        (
+            {"finetune": {"distill": "yes"}},
+            "spec.finetune.distill",
+            "spec.finetune.distill must be true or false, got 'yes'",
+        ),
+        (
+            {"quantize": {"n_centroids": 999}},
+            "spec.quantize.n_centroids",
+            "spec.quantize.n_centroids must be at most 256, got 999",
+        ),
+        (
+            {"prune": {"sparsity": 1.5}},
+            "spec.prune.sparsity",
+            "spec.prune.sparsity must be less than 1, got 1.5",
+        ),
+        (
+            {"prune": {"scope": "row"}},
+            "spec.prune.scope",
+            "spec.prune.scope must be 'layer' or 'global', got 'row'",
+        ),
+        ({"device": "tpu"}, "spec.device", "spec.device 'tpu' is not auto, cpu, cuda or cuda:N"),
+        ({"arch": None}, "spec.arch", "spec.arch must be a string, got null"),
     ],
 )
-def test_invalid_spec_is_422_naming_the_field(
+def test_invalid_spec_is_422_naming_the_field_and_the_value(
     client: TestClient,
     alice: dict[str, str],
     checkpoint_bytes: bytes,
     spec: dict[str, object],
     field: str,
+    detail: str,
 ) -> None:
     file_id = upload(client, alice, checkpoint_bytes)
-    response = client.post(
-        "/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}, headers=alice
-    )
+    body = {"checkpoint_file": file_id, "spec": {"arch": "lenet-300-100", **spec}}
+    response = client.post("/v1/jobs", json=body, headers=alice)
     assert response.status_code == 422
-    problem = response.json()
     assert response.headers["content-type"] == "application/problem+json"
-    assert problem["detail"].startswith(field)
+    problem = response.json()
+    assert problem["detail"] == detail
+    assert problem["errors"] == [{"field": field, "message": detail}]
+
+
+def test_several_invalid_fields_are_all_listed(client: TestClient, alice: dict[str, str]) -> None:
+    body = {"spec": {"quantize": {}, "seed": -1}}
+    problem = client.post("/v1/jobs", json=body, headers=alice).json()
+    assert problem["detail"] == "checkpoint_file is required (and 2 more in 'errors')"
+    assert [error["message"] for error in problem["errors"]] == [
+        "checkpoint_file is required",
+        "spec.arch is required",
+        "spec.seed must be at least 0, got -1",
+    ]
+
+
+def test_spec_echoes_numbers_as_given(
+    client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    """An integer given for a float field comes back as written (1, not 1.0): the spec the API
+    shows is the one the library keeps and writes into the .pqz."""
+    spec = {"prune": {"retrain_epochs": 1, "max_accuracy_drop": 0.01}, "finetune": {"lr": 1}}
+    job = submit(client, alice, upload(client, alice, checkpoint_bytes), **spec)
+    response = client.get(f"/v1/jobs/{job['id']}", headers=alice)
+    assert '"retrain_epochs":1,' in response.text
+    assert '"max_accuracy_drop":0.01,' in response.text
+    assert '"lr":1,' in response.text
+    assert '"epochs":2.0,' in response.text  # a default is the library's default, a float
 
 
 def test_unknown_architecture_or_data_set_is_422(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -31,6 +32,8 @@ SPECS: list[dict[str, Any]] = [
     },
     {"quantize": {"fallback_dtype": "float16", "modules": {"conv.*": None}}},
     {"finetune": {"epochs": 0, "distill": True, "scope": "all"}},
+    {"finetune": {"epochs": 3, "lr": 1}, "prune": {"retrain_epochs": 1, "retrain_lr": 0.5}},
+    {"prune": {"threshold": 0, "max_accuracy_drop": 1, "modules": {"fc1": {"sparsity": 0}}}},
     # invalid from here on
     {"prune": {"sparsity": 1.0}},
     {"prune": {"sparsity": 0.5, "threshold": 0.1}},
@@ -69,4 +72,5 @@ def test_api_and_library_accept_and_reject_alike(spec: dict[str, Any]) -> None:
         api = None
     assert (library is None) == (api is None), (library, api)
     if library is not None:
-        assert api == library  # the same defaults, filled in the same way
+        # The same defaults, filled in the same way, down to the JSON text (1 stays 1, not 1.0).
+        assert json.dumps(api) == json.dumps(library)

@@ -1,18 +1,20 @@
-"""`POST /v1/files` (streamed into the database, size-capped) and `GET /v1/files/{id}`."""
+"""`POST /v1/files` (streamed into the database, size-capped), `GET` and `DELETE /v1/files/{id}`."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import FileDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem
 from app.idempotency import remember, replay
-from app.schemas import FilePublic
-from db.blobs import BlobTooLargeError, BlobWriter
-from db.models import File
+from app.schemas import FileDeleted, FilePublic
+from db.blobs import BlobTooLargeError, BlobWriter, delete_blob
+from db.models import File, IdempotencyKey, Job
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -90,5 +92,33 @@ async def upload(
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-def get_file(file: FileDep) -> FilePublic:
-    return public(file)
+async def get_file(file: FileDep) -> FilePublic:
+    return public(file)  # no I/O: valid_file loaded it
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file: FileDep, session: SessionDep) -> FileDeleted:
+    """Delete an upload and its bytes. Refused (409) while a job refers to it: a job's
+    checkpoint and data stay for as long as the job does (re-runs read them)."""
+    job_id = session.execute(
+        select(Job.id)
+        .where(or_(Job.checkpoint_file_id == file.id, Job.data_file_id == file.id))
+        .limit(1)
+    ).scalar()
+    if job_id is not None:
+        raise Problem(409, "Conflict", f"file '{file.id}' is used by job '{job_id}'")
+    # A replayed Idempotency-Key must not point at a file that is gone (nor block a new upload).
+    session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.path == "files", IdempotencyKey.resource_id == file.id
+        )
+    )
+    session.delete(file)
+    try:
+        session.flush()  # the file row before its blob: it refers to the blob
+        delete_blob(session, file.blob_id)
+        session.commit()
+    except IntegrityError:  # a job created meanwhile refers to it
+        session.rollback()
+        raise Problem(409, "Conflict", f"file '{file.id}' is used by a job") from None
+    return FileDeleted(id=file.id)

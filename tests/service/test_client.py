@@ -1,0 +1,103 @@
+"""`pqz submit` against the real API over HTTP: what it says and leaves behind when refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import func, select
+
+from app.main import create_app
+from db import catalog
+from db.models import Blob, BlobChunk, File
+from db.session import session_scope
+from db.settings import Settings
+
+PQZ = str(Path(sys.executable).parent / "pqz")
+pytestmark = pytest.mark.sqlite_only  # the client's behaviour does not depend on the database
+
+
+@pytest.fixture
+def server_url(settings: Settings) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def pqz(server_url: str, alice: dict[str, str]) -> object:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
+    env.update(PQZ_URL=server_url, PQZ_API_KEY=alice["Authorization"].removeprefix("Bearer "))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PQZ, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    return run
+
+
+def _stored(settings: Settings) -> tuple[int, ...]:
+    """How many files, blobs and blob chunks the database holds."""
+    with session_scope(settings.resolved_database_url) as session:
+        return tuple(
+            int(session.execute(select(func.count()).select_from(model)).scalar_one())
+            for model in (File, Blob, BlobChunk)
+        )
+
+
+def test_submit_refused_by_the_server_deletes_what_it_uploaded(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    with session_scope(settings.resolved_database_url) as session:
+        catalog.publish(session, "architecture", ["lenet-300-100", "lenet-5"])
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    result = pqz("submit", str(checkpoint), "--arch", "lenet-6")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown architecture 'lenet-6' (`pqz zoo` lists architectures) (HTTP 422)"
+    ]
+    assert _stored(settings) == (0, 0, 0)
+    # The same upload for a job the server accepts is kept, and the job refers to it.
+    result = pqz("submit", str(checkpoint), "--arch", "lenet-300-100", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "queued"
+    assert _stored(settings)[0] == 1
+
+
+def test_submit_with_an_invalid_spec_says_so_before_uploading(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"finetune": {"epochs": 2, "lrate": 0.1}}))
+    result = pqz("submit", str(checkpoint), "--arch", "lenet-5", "--spec", str(spec))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: invalid spec: unknown field 'lrate' in spec.finetune "
+        "(allowed: epochs, lr, batch_size, distill, scope)"
+    )
+    assert _stored(settings) == (0, 0, 0)
