@@ -132,6 +132,9 @@ class PruneConfig:
     With `scope="global"` a sparsity is reached over all default-ruled layers together, so
     layers with many small weights lose more of them.
 
+    In the pipeline each layer is pruned in runs of the quantizer's sub-vector size (see
+    `prune_`'s `block_sizes`), so a PQ sub-vector is kept or pruned whole.
+
     With data and neither `sparsity` nor `threshold`, the thresholds come from a scan: each
     round prunes every layer as far as its sensitivity curve allows, retrains for
     `retrain_epochs` at `retrain_lr`, and is kept only while validation accuracy stays within
@@ -218,7 +221,9 @@ class QuantConfig:
     `block_size=None` picks per layer: kh*kw for Conv2d kernels up to 3x3 (9 for 3x3), kw for
     larger kernels, 4 for Linear and 1x1 convolutions. Pruned weights stay exactly zero and do
     not pull the centroids. A layer whose codes would not be smaller than its values, or that a
-    rule skips, keeps its values in `fallback_dtype`.
+    rule skips, keeps its values in `fallback_dtype`. A layer gets at most one centroid per two
+    sub-vectors (rounded down to a power of two): 400 sub-vectors get 128 centroids, not 256,
+    so a small layer's codebook does not outweigh its codes.
     """
 
     method: Literal["pq", "kmeans"] = "pq"

@@ -2,8 +2,8 @@
 
 A centroid's gradient is the average of its members' weight gradients (DESIGN.md section 7),
 so a centroid shared by 10,000 weights moves no faster than one shared by ten. At the end the
-codebooks are rounded to float16, the precision the `.pqz` file stores, so the saved model is
-exactly the fine-tuned one.
+codebooks, and with `scope="all"` the biases and norm parameters too, are rounded to float16,
+the precision the `.pqz` file stores them in, so the saved model is exactly the fine-tuned one.
 """
 
 from __future__ import annotations
@@ -48,9 +48,13 @@ def finetune(
         scale = (1.0 / members.to(codebook.dtype)).unsqueeze(1).to(codebook.device)  # (k, 1)
         handles.append(codebook.register_hook(lambda grad, scale=scale: grad * scale))
     trained: list[nn.Parameter] = [codebook for codebook, _ in pairs]
+    rounded = list(trained)
     if config.scope == "all":
         known = {id(p) for p in trained}
         trained += [p for p in model.parameters() if id(p) not in known]
+        # Biases and norms: float16 halves their bytes in the file; full weight matrices left
+        # unquantized keep the precision `fallback_dtype` asked for.
+        rounded += [p for p in trained if id(p) not in known and p.ndim <= 1]
     try:
         return train(
             model,
@@ -72,5 +76,5 @@ def finetune(
         for handle in handles:
             handle.remove()
         with torch.no_grad():
-            for codebook, _ in pairs:
-                codebook.copy_(codebook.to(torch.float16).to(codebook.dtype))
+            for parameter in rounded:
+                parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))

@@ -2,11 +2,15 @@
 
 A pruned layer's `weight` is `original.masked_fill(~mask, 0)`, so pruned weights stay exactly
 zero through retraining (their gradient is zero too) and the mask survives `state_dict()`.
+Weights are pruned alone or in blocks: runs of `block_size` consecutive weights (row-major),
+scored by their root mean square, so that a PQ sub-vector is pruned whole or kept whole.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -92,8 +96,39 @@ def get_mask(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def prune_(model: nn.Module, config: PruneConfig) -> list[LayerPruning]:
-    """Prune `model` in place by its rules; masks combine with any already present."""
+def block_scores(weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Root mean square of each run of `block_size` consecutive weights: (n_blocks,).
+
+    With block_size=2 the weight [[0.1, -0.4], [0.3, -0.2]] scores [0.29, 0.25]; block_size=1
+    gives the magnitudes themselves. A last, shorter run is padded with zeros.
+    """
+    flat = weight.detach().abs().flatten()  # (n,)
+    if block_size == 1:
+        return flat
+    pad = -flat.numel() % block_size
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(-1, block_size).pow(2).mean(dim=1).sqrt()  # (n_blocks,)
+
+
+def expand_blocks(keep: torch.Tensor, block_size: int, shape: torch.Size) -> torch.Tensor:
+    """The per-weight mask of `shape` from a per-block one (n_blocks,)."""
+    return keep.repeat_interleave(block_size)[: math.prod(shape)].view(shape)
+
+
+def prune_(
+    model: nn.Module, config: PruneConfig, *, block_sizes: Mapping[str, int] | None = None
+) -> list[LayerPruning]:
+    """Prune `model` in place by its rules; masks combine with any already present.
+
+    `block_sizes` (layer name -> size) prunes runs of that many consecutive weights together,
+    scored by their root mean square (see `block_scores`); the pipeline passes the quantizer's
+    sub-vector sizes. Layers it does not name are pruned weight by weight.
+    """
+
+    def block_of(name: str) -> int:
+        return 1 if block_sizes is None else block_sizes.get(name, 1)
+
     per_layer: list[tuple[str, nn.Module, PruneRule]] = []
     global_group: list[tuple[str, nn.Module]] = []
     for name, module, type_name in prunable_layers(model):
@@ -107,19 +142,21 @@ def prune_(model: nn.Module, config: PruneConfig) -> list[LayerPruning]:
 
     results: list[LayerPruning] = []
     for name, module, rule in per_layer:
-        magnitude = weight_of(module).detach().abs()
+        weight = weight_of(module)
+        scores = block_scores(weight, block_of(name))
         if rule.threshold is not None:
-            keep = magnitude >= rule.threshold
+            keep = scores >= rule.threshold
         else:
             assert rule.sparsity is not None
-            (keep,) = keep_largest([magnitude], rule.sparsity)
-        results.append(_apply_mask(name, module, keep))
+            (keep,) = keep_largest([scores], rule.sparsity)
+        results.append(_apply_mask(name, module, expand_blocks(keep, block_of(name), weight.shape)))
     if global_group:
         assert config.sparsity is not None
-        magnitudes = [weight_of(module).detach().abs() for _, module in global_group]
-        keeps = keep_largest(magnitudes, config.sparsity)
+        grouped = [block_scores(weight_of(module), block_of(name)) for name, module in global_group]
+        keeps = keep_largest(grouped, config.sparsity)
         for (name, module), keep in zip(global_group, keeps, strict=True):
-            results.append(_apply_mask(name, module, keep))
+            shape = weight_of(module).shape
+            results.append(_apply_mask(name, module, expand_blocks(keep, block_of(name), shape)))
     order = {name: index for index, (name, _, _) in enumerate(prunable_layers(model))}
     return sorted(results, key=lambda result: order[result.name])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +20,15 @@ import torch
 from torch import nn
 
 from compression.config import PruneConfig, PruneRule, resolve_rule
-from compression.prune import get_mask, keep_largest, prunable_layers, prune_, weight_of
+from compression.prune import (
+    block_scores,
+    expand_blocks,
+    get_mask,
+    keep_largest,
+    prunable_layers,
+    prune_,
+    weight_of,
+)
 
 LEVELS = (
     0.3,
@@ -74,22 +82,27 @@ def sensitivity(
     layers: list[tuple[str, nn.Module]],
     score: Score,
     levels: tuple[float, ...] = LEVELS,
+    block_sizes: Mapping[str, int] | None = None,
 ) -> list[SensitivityCurve]:
-    """Scan each layer alone over the sparsity levels above its current one."""
+    """Scan each layer alone over the sparsity levels above its current one (pruning blocks of
+    `block_sizes[name]` weights, single weights by default)."""
     curves = []
     for name, module in layers:
         mask = get_mask(module)
         assert mask is not None, "layers are masked before the scan"
         saved = mask.clone()
         current = 1.0 - float(saved.float().mean())
-        magnitude = weight_of(module).detach().abs()
+        block_size = (block_sizes or {}).get(name, 1)
+        scores = block_scores(weight_of(module), block_size)  # (n_blocks,)
         points: tuple[list[float], list[float], list[float]] = ([], [], [])
         for level in (level for level in levels if level > current + 1e-9):
-            (keep,) = keep_largest([magnitude], level)
+            (keep_blocks,) = keep_largest([scores], level)
+            keep = expand_blocks(keep_blocks, block_size, mask.shape)
             with torch.no_grad():
                 mask &= keep
             points[0].append(level)
-            points[1].append(float(magnitude[~keep].max()) if bool((~keep).any()) else 0.0)
+            pruned = scores[~keep_blocks]
+            points[1].append(float(pruned.max()) if pruned.numel() else 0.0)
             points[2].append(score(model))
             with torch.no_grad():
                 mask.copy_(saved)
@@ -116,15 +129,21 @@ def prune_by_scan_(
     val_score: Score,
     retrain: Retrain,
     report: Report | None = None,
+    block_sizes: Mapping[str, int] | None = None,
 ) -> ScanResult:
-    """Prune `model` in place by threshold scans and retraining rounds (see module docstring)."""
+    """Prune `model` in place by threshold scans and retraining rounds (see module docstring).
+
+    `block_sizes` (layer name -> size) prunes runs of consecutive weights together, as
+    `prune_` does; layers it does not name are pruned weight by weight.
+    """
+    sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in prunable_layers(model)}
     layers = []
     for name, module, type_name in prunable_layers(model):
         rule = resolve_rule(name, type_name, _SCANNED, config.module_types, config.modules)
         if rule is None:
             continue
         if rule is not _SCANNED:  # a fixed rule for this layer: applied once, not scanned
-            prune_(model, PruneConfig(modules={re.escape(name): rule}))
+            prune_(model, PruneConfig(modules={re.escape(name): rule}), block_sizes=sizes)
             continue
         layers.append((name, module))
     # Every scanned layer gets a mask (all kept) so that the scan can tighten it in place.
@@ -142,7 +161,7 @@ def prune_by_scan_(
         if report is not None:
             report(attempts / config.rounds, f"round {attempts + 1}: scanning {len(layers)} layers")
         reference = scan_score(model)
-        curves = sensitivity(model, layers, scan_score)
+        curves = sensitivity(model, layers, scan_score, block_sizes=sizes)
         current = {name: _sparsity(module) for name, module in layers}
         targets = {
             name: level
@@ -153,7 +172,7 @@ def prune_by_scan_(
             break
         while targets and attempts < config.rounds:
             rules = {re.escape(name): PruneRule(sparsity=level) for name, level in targets.items()}
-            prune_(model, PruneConfig(modules=rules))
+            prune_(model, PruneConfig(modules=rules), block_sizes=sizes)
             retrain(model, attempts)
             accuracy = val_score(model)
             kept = baseline - accuracy <= config.max_accuracy_drop
@@ -165,7 +184,9 @@ def prune_by_scan_(
                     "target_sparsity": targets,
                     "val_accuracy": accuracy,
                     "kept": kept,
-                    "curves": [_rounded(curve) for curve in curves],
+                    # The first scan's curves (the trained model's sensitivity, the thesis's
+                    # plot) are kept; later ones only steer, and would weigh ~10% of a file.
+                    **({} if result.rounds else {"curves": [_rounded(c) for c in curves]}),
                 }
             )
             if report is not None:

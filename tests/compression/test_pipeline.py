@@ -21,12 +21,13 @@ from compression import (
 from compression.config import FinetuneConfig, TrainConfig
 from compression.data import Dataset, fit_to, load_dataset
 from compression.finetune import codebooks, finetune
-from compression.pipeline import compress_model
+from compression.pipeline import compress_model, prune_block_sizes
 from compression.prune import prunable_layers
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, train
 
 CPU = torch.device("cpu")
+LENET5 = ("conv1", "conv2", "fc1", "fc2")
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +146,22 @@ def test_pipeline_writes_a_pqz_whose_accuracy_is_what_it_reports(
     assert info.compression_ratio > 10
     assert CompressionSpec.from_dict(info.spec) == spec
     assert set(metrics["duration_s"]) >= {"baseline", "prune", "quantize", "finetune"}
+
+
+@pytest.mark.parametrize(
+    ("method", "sizes"),
+    [("pq", {"conv1": 5, "conv2": 5, "fc1": 4, "fc2": 4}), ("kmeans", dict.fromkeys(LENET5, 1))],
+)
+def test_pipeline_prunes_in_the_quantizers_sub_vectors(method: str, sizes: dict[str, int]) -> None:
+    spec = CompressionSpec(quantize=QuantConfig(method=method))  # type: ignore[arg-type]
+    assert prune_block_sizes(build_model("lenet-5"), spec) == sizes
+
+
+def test_finetuning_everything_rounds_biases_to_what_the_file_stores(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    model = copy.deepcopy(trained)
+    quantize_(model, QuantConfig(n_centroids=16))
+    finetune(model, digits, FinetuneConfig(epochs=0.2, scope="all"), device=CPU)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter.detach(), parameter.detach().half().float()), name

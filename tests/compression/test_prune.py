@@ -101,3 +101,37 @@ def test_a_clone_can_be_quantized_without_touching_the_original(tiny_net: TinyNe
     assert get_mask(tiny_net.fc1) is not None
     assert torch.equal(tiny_net.fc1.weight == 0, ~get_mask(tiny_net.fc1))
     quantize_(tiny_net, QuantConfig(n_centroids=4))
+
+
+def test_blocks_are_pruned_whole_by_their_root_mean_square() -> None:
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.1, -0.4, 0.3, -0.2], [0.01, 0.02, 0.0, 0.01]]))
+    prune_(nn.Sequential(layer), PruneConfig(sparsity=0.5), block_sizes={"0": 4})
+    assert torch.equal(layer.weight[0], torch.tensor([0.1, -0.4, 0.3, -0.2]))
+    assert torch.equal(layer.weight[1], torch.zeros(4))
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 9])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_block_pruning_reaches_its_sparsity_in_whole_runs(
+    tiny_net: TinyNet, block_size: int, sparsity: float
+) -> None:
+    sizes = {name: block_size for name, _, _ in prunable_layers(tiny_net)}
+    prune_(tiny_net, PruneConfig(sparsity=sparsity), block_sizes=sizes)
+    for _, module, _ in prunable_layers(tiny_net):
+        mask = get_mask(module)
+        assert mask is not None
+        flat = mask.flatten()
+        n_blocks = -(-flat.numel() // block_size)
+        padded = torch.cat([flat, flat[-1:].expand(n_blocks * block_size - flat.numel())])
+        runs = padded.view(n_blocks, block_size)
+        assert bool((runs.all(dim=1) | ~runs.any(dim=1)).all())  # each run kept or pruned whole
+        assert int((~runs[:, 0]).sum()) == round(sparsity * n_blocks)
+
+
+def test_layers_without_a_block_size_are_pruned_weight_by_weight(tiny_net: TinyNet) -> None:
+    prune_(tiny_net, PruneConfig(sparsity=0.5), block_sizes={"fc1": 8})
+    runs = tiny_net.fc1.weight.flatten().view(-1, 8) != 0
+    assert bool((runs.all(dim=1) | ~runs.any(dim=1)).all())
+    assert int((tiny_net.fc2.weight == 0).sum()) == 320  # exactly half of 640, any positions
