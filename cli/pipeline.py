@@ -114,6 +114,10 @@ def evaluate(
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     device: DeviceOption = "auto",
+    runtime: Annotated[
+        str,
+        typer.Option(help="How a .pqz runs: dense (decoded), auto (measured kernels), int8, ..."),
+    ] = "dense",
     json_output: JsonOption = False,
 ) -> None:
     """Test accuracy of a compressed .pqz (from the file alone) or of a checkpoint."""
@@ -128,20 +132,25 @@ def evaluate(
         is_pqz = handle.read(len(MAGIC)) == MAGIC
     if is_pqz:
         architecture = inspect_pqz(file).architecture["name"]
-        model = load_pqz(file)
     elif arch is None:
         fail("a checkpoint needs --arch (a .pqz file names its own architecture)", code=2)
     else:
         architecture = arch
-        model = None
     dataset = _dataset(data, data_dir, download, architecture, 0)
-    if model is None:
+    if is_pqz:
+        from compression.data import batches
+
+        # The runtime calibrates int8 convolutions on a few training images, never on test.
+        calibration = next(batches(dataset, dataset.train, batch_size=64, device=target))[0]
+        model = load_pqz(file, device=target, runtime=runtime, example_inputs=calibration)
+    else:
         model = load_checkpoint(file, architecture, num_classes or dataset.num_classes)
     result = {
         "accuracy": accuracy(model, dataset, dataset.test, device=target),
         "n": len(dataset.test),
         "data": data,
         "arch": architecture,
+        "runtime": runtime if is_pqz else None,
     }
     if json_output:
         print_json(result)

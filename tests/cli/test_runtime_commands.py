@@ -123,3 +123,21 @@ def test_export_into_a_missing_directory_fails_and_leaves_nothing(
     assert result.returncode == 1
     assert "missing" in result.stderr
     assert not out.parent.exists()
+
+
+def test_eval_runs_a_pqz_on_the_runtime_it_is_given(lenet: Path) -> None:
+    results = {}
+    for runtime in ("dense", "int8", "sparse"):
+        result = run("eval", str(lenet), "--data", "digits", "--runtime", runtime, "--json")
+        assert result.returncode == 0, result.stderr
+        results[runtime] = json.loads(result.stdout)
+        assert results[runtime]["runtime"] == runtime
+    # An untrained LeNet-5: near-tied logits, so a few predictions may flip under int8.
+    assert results["sparse"]["accuracy"] == pytest.approx(results["dense"]["accuracy"], abs=1e-3)
+    assert results["int8"]["accuracy"] == pytest.approx(results["dense"]["accuracy"], abs=0.05)
+
+
+def test_eval_refuses_an_unknown_runtime(lenet: Path) -> None:
+    result = run("eval", str(lenet), "--data", "digits", "--runtime", "warp")
+    assert result.returncode == 1
+    assert "runtime 'warp' is not one of dense, auto" in result.stderr
