@@ -132,6 +132,22 @@ def time_interleaved(
     min_repeat_s: float = 0.002,
 ) -> dict[str, float]:
     """Median milliseconds per call of each function, measured in alternating rounds."""
+    rounds = time_rounds(functions, device, repeats=repeats, min_repeat_s=min_repeat_s)
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def time_rounds(
+    functions: dict[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    repeats: int,
+    min_repeat_s: float,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each function in each of `repeats` alternating rounds.
+
+    Each round runs every function in turn, enough calls to last `min_repeat_s`, so that the
+    i-th samples of two functions saw the same machine: comparisons can be paired.
+    """
     calls: dict[str, int] = {}
     for name, function in functions.items():
         function()  # warm-up: lazy initialisation, caches, oneDNN primitives
@@ -150,7 +166,7 @@ def time_interleaved(
                 function()
             synchronize(device)
             samples[name].append((time.perf_counter() - start) / calls[name] * 1000)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 @contextlib.contextmanager

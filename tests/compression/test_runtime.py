@@ -307,3 +307,15 @@ def test_semi_structured_kernel_matches_a_two_four_layer() -> None:
     module = kernel.build(layer, sample)
     with torch.inference_mode():
         assert relative_error(module(inputs), layer(inputs)) <= kernel.tolerance
+
+
+def test_auto_returns_the_dense_model_when_no_kernel_is_faster(tmp_path: Path) -> None:
+    # A 16x8 layer: one dense matrix product takes microseconds, every alternative more.
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    compiled, report = compile_runtime(
+        model, input_shape=(16,), runtime="auto", cache_path=tmp_path / "autotune.json"
+    )
+    assert compiled is model
+    assert set(report.kernels.values()) == {"dense"}
+    assert report.resident_bytes == report.dense_resident_bytes
+    assert report.note == "kept dense: no layer had a kernel measured faster than dense"
