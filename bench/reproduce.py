@@ -103,7 +103,7 @@ def spec_for(data: str, method: str, schedule: str) -> CompressionSpec:
             max_accuracy_drop=0.003 if "mnist" in data else 0.005,
             rounds=2 if short else 8,
             retrain_epochs=0.5 if short else RETRAIN_EPOCHS.get(data, 3.0),
-            retrain_lr=0.02,
+            retrain_lr=0.02 if "mnist" in data else 0.01,
             scan_samples=1000 if data == "cifar10" else 2000,
         ),
         quantize=quantize,

@@ -146,6 +146,12 @@ def test_pipeline_writes_a_pqz_whose_accuracy_is_what_it_reports(
     assert info.compression_ratio > 10
     assert CompressionSpec.from_dict(info.spec) == spec
     assert set(metrics["duration_s"]) >= {"baseline", "prune", "quantize", "finetune"}
+    for _, module, _ in prunable_layers(model):  # pruned in whole sub-vectors of 4
+        mask = get_mask(module)
+        assert mask is not None
+        runs = mask.flatten().view(-1, 4)
+        assert bool((runs.all(dim=1) | ~runs.any(dim=1)).all())
+    assert len([r for r in metrics["prune"]["rounds"] if "curves" in r]) == 1
 
 
 @pytest.mark.parametrize(
