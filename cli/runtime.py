@@ -127,6 +127,11 @@ def _print_table(file: Path, rows: list[dict[str, Any]], threads: int) -> None:
         )
     console.print(table)
     for row in rows:
+        console.print(
+            f"batch {row['batch']}: the model holds {_bytes(row['dense_resident_bytes'])} dense, "
+            f"{_bytes(row['compressed_resident_bytes'])} on the runtime's kernels",
+            highlight=False,
+        )
         if row["note"]:
             console.print(f"batch {row['batch']}: {row['note']}", highlight=False)
 

@@ -65,6 +65,7 @@ def test_bench_infer_table_without_memory(lenet: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "speed-up" in result.stdout
     assert "dense fp32 against the compressed runtime" in result.stdout
+    assert "batch 2: the model holds 1.6 MiB dense" in result.stdout
 
 
 @pytest.mark.parametrize(
