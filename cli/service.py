@@ -150,7 +150,11 @@ def serve(
     from db.settings import get_settings
 
     settings = get_settings()
-    _prepare()
+    # In a child: publishing the catalog loads torch and the zoo, which the API process that
+    # this one becomes must not carry (a gigabyte of memory, and the rule that app/ is torch-free).
+    prepared = subprocess.run([sys.executable, "-m", "cli.main", "migrate"], check=False)
+    if prepared.returncode != 0:
+        raise typer.Exit(prepared.returncode)
     key = _first_key()
     workers = _start_workers(_visible_gpus()[:1], settings.home / "logs")
     url = f"http://{host}:{port}"

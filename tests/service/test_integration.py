@@ -185,6 +185,8 @@ def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes
                 break
         assert key is not None, "pqz serve printed no first API key"
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json() == {"status": "ready"}
+        # The API process never loads torch (the catalog is published by a child process).
+        assert "libtorch" not in Path(f"/proc/{server.pid}/maps").read_text()
         client_env = {**env, "PQZ_URL": f"http://127.0.0.1:{port}", "PQZ_API_KEY": key}
         checkpoint = tmp_path / "model.pt"
         checkpoint.write_bytes(checkpoint_bytes)
