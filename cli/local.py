@@ -10,7 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.output import console, layer_table, print_json, totals_table
+from cli.output import (
+    console,
+    layer_table,
+    print_json,
+    refuse_overwrite,
+    require_file,
+    totals_table,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -82,5 +89,7 @@ def decompress(
     """Decode a .pqz file into a plain safetensors state dict."""
     from compression import decompress_pqz
 
+    require_file(file)
+    refuse_overwrite(file, output)
     written = decompress_pqz(file, output)
     console.print(f"wrote {written} ({written.stat().st_size:,} bytes)", highlight=False)

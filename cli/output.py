@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
@@ -18,6 +20,20 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr, then exit: never a traceback for an expected error."""
     errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
+
+
+def require_file(path: Path) -> None:
+    """One line, before any work, when the input is missing or a directory."""
+    if path.is_dir():
+        fail(f"cannot read {path}: Is a directory")
+    if not path.is_file():
+        fail(f"cannot read {path}: No such file or directory")
+
+
+def refuse_overwrite(source: Path, output: Path) -> None:
+    """Writing the result over its own input would destroy the only copy of the model."""
+    if output.exists() and source.exists() and os.path.samefile(source, output):
+        fail(f"-o {output} is the input file itself; write the result elsewhere", code=2)
 
 
 def print_json(value: Any) -> None:

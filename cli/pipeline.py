@@ -8,13 +8,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.output import console, fail, layer_table, print_json, totals_table
+from cli.output import (
+    console,
+    fail,
+    layer_table,
+    print_json,
+    refuse_overwrite,
+    require_file,
+    totals_table,
+)
 from cli.progress import StageBars
 
 if TYPE_CHECKING:
@@ -123,15 +132,21 @@ def evaluate(
     """Test accuracy of a compressed .pqz (from the file alone) or of a checkpoint."""
     from compression import inspect_pqz, load_checkpoint, load_pqz
     from compression.pqz.container import MAGIC
+    from compression.runtime import RUNTIMES, runtime_report
     from compression.train import evaluate as accuracy
 
+    if runtime not in RUNTIMES:
+        fail(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}", code=2)
     target = _device(device)
-    if not file.is_file():
-        fail(f"cannot read {file}: No such file or directory")
+    require_file(file)
     with file.open("rb") as handle:
         is_pqz = handle.read(len(MAGIC)) == MAGIC
     if is_pqz:
         architecture = inspect_pqz(file).architecture["name"]
+        if arch is not None and arch != architecture:
+            fail(f"{file} holds a '{architecture}', not --arch '{arch}'", code=2)
+    elif runtime != "dense":
+        fail("--runtime applies to .pqz files; a checkpoint runs as it is", code=2)
     elif arch is None:
         fail("a checkpoint needs --arch (a .pqz file names its own architecture)", code=2)
     else:
@@ -152,12 +167,21 @@ def evaluate(
         "arch": architecture,
         "runtime": runtime if is_pqz else None,
     }
+    report = runtime_report(model)
+    if report is not None:
+        result["kernels"] = dict(Counter(report.kernels.values()))
+        if report.note:
+            result["runtime_note"] = report.note
     if json_output:
         print_json(result)
     else:
         console.print(
             f"test accuracy {result['accuracy']:.4f} on {result['n']} images", highlight=False
         )
+        if "kernels" in result:
+            kernels = ", ".join(f"{k} {n}" for k, n in sorted(result["kernels"].items()))
+            note = f" ({result['runtime_note']})" if "runtime_note" in result else ""
+            console.print(f"runtime {runtime}: layers on {kernels}{note}", highlight=False)
 
 
 def compress(
@@ -193,6 +217,7 @@ def compress(
     """Compress a checkpoint into a .pqz: the whole pipeline with --data, else post-training."""
     if sparsity is not None and threshold is not None:
         fail("give --sparsity or --threshold, not both", code=2)
+    refuse_overwrite(checkpoint, output)
     from compression import load_checkpoint
     from compression.pipeline import compress_model
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli.output import console, errors, fail, human_bytes, print_json
+from cli.output import (
+    console,
+    errors,
+    fail,
+    human_bytes,
+    print_json,
+    refuse_overwrite,
+    require_file,
+)
 from cli.pipeline import DataDirOption, DownloadOption, JsonOption
 
 CALIBRATION_ROWS = 64  # training images the runtime calibrates and checks its kernels on
+MAX_BATCH = 4096
 
 
 class ExportFormat(StrEnum):
@@ -51,14 +59,16 @@ def bench_infer(
     from compression.runtime.benchmark import benchmark_inference
     from compression.train import resolve_device
 
-    if not file.is_file():
-        fail(f"cannot read {file}: No such file or directory")
+    require_file(file)
     try:
         sizes = tuple(int(part) for part in batch.split(","))
     except ValueError:
         fail(f"--batch {batch!r} is not a comma-separated list of integers", code=2)
     if not sizes or min(sizes) < 1:
         fail(f"--batch {batch!r}: batch sizes must be >= 1", code=2)
+    if max(sizes) > MAX_BATCH:
+        fail(f"--batch {max(sizes)} is above {MAX_BATCH}, the most this benchmark runs", code=2)
+    sizes = tuple(dict.fromkeys(sizes))  # each size once, in the order given
     if samples < 0:
         fail(f"--samples {samples} must be >= 0", code=2)
     if threads is not None:
@@ -103,9 +113,11 @@ def _print_table(file: Path, rows: list[dict[str, Any]], threads: int) -> None:
     for column in (
         "device",
         "batch",
-        "dense ms",
-        "compressed ms",
+        "dense ms/batch",
+        "compressed ms/batch",
         "speed-up",
+        "dense img/s",
+        "compressed img/s",
         "dense peak",
         "compressed peak",
         "top-1 agreement",
@@ -115,11 +127,14 @@ def _print_table(file: Path, rows: list[dict[str, Any]], threads: int) -> None:
     for row in rows:
         agreement = row["agreement"]
         table.add_row(
-            row["device"] + (f" ({threads} threads)" if row["device"] == "cpu" else ""),
+            row["device"]
+            + (f" ({threads} thread{'s' * (threads > 1)})" if row["device"] == "cpu" else ""),
             str(row["batch"]),
             f"{row['dense_ms']:.3f}",
             f"{row['compressed_ms']:.3f}",
             f"{row['speedup']:.2f}x",
+            f"{row['dense_throughput']:,.0f}",
+            f"{row['compressed_throughput']:,.0f}",
             _bytes(row["dense_peak_bytes"]),
             _bytes(row["compressed_peak_bytes"]),
             "-" if agreement is None else f"{agreement:.2%} of {row['agreement_n']}",
@@ -148,12 +163,12 @@ def export(
     """Write the decoded model as ONNX (dynamic batch) or as a safetensors state dict."""
     from compression.export import export_pqz
 
-    if not file.is_file():
-        fail(f"cannot read {file}: No such file or directory")
+    require_file(file)
+    refuse_overwrite(file, output)
+    packed = file.stat().st_size
     written = export_pqz(file, output, fmt.value)
     size = written.stat().st_size
     console.print(f"wrote {written} ({size:,} bytes)", highlight=False)
-    packed = os.path.getsize(file)
     errors.print(
         f"warning: the {fmt.value} file holds the decoded dense weights: {human_bytes(size)} "
         f"against {human_bytes(packed)} for the .pqz ({size / packed:.1f}x larger)",

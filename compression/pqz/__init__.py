@@ -178,10 +178,13 @@ def load_pqz(
     `cache_path`, default ~/.cache/pqz/autotune.json) and keeps the fastest one that matches the
     decoded layer; `example_inputs` (a few real inputs) make the checks meaningful and allow
     calibrated int8 convolutions. `compression.runtime.runtime_report(model)` says what was
-    chosen, measured and how many bytes the model holds.
+    chosen, measured and how many bytes the model holds. A model on runtime kernels is a
+    `torch.fx.GraphModule` (batch norm folded) with the same forward, not the original class.
     """
     if runtime not in RUNTIMES:
         raise InvalidConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfigError(f"device {str(device)!r} asked for, but no CUDA GPU is available")
     container = read_container(path, verify=True)
     entries = check_entries(container, _element_budget(container.file_size))
     architecture = _architecture(container.manifest)

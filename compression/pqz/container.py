@@ -143,6 +143,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "output directory does not exist", str(target.parent))
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(target))
     handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(handle)
     temporary = Path(name)
@@ -152,6 +154,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         temporary.chmod(0o666 & ~umask)  # mkstemp's 0600 would surprise a team sharing files
         os.replace(temporary, target)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename == str(temporary):  # the user knows their path, not our temporary one
+            raise type(error)(error.errno, error.strerror, str(target)) from None
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -161,14 +168,13 @@ def read_container(path: str | os.PathLike[str], *, verify: bool = True) -> PqzC
     """Read and structurally validate a `.pqz` file; `verify=False` reports a bad checksum instead
     of raising (for `pqz inspect`), but structure is always checked."""
     file_path = Path(path)
-    try:
-        size = file_path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CorruptArtifactError(f"{file_path} is {size} bytes, more than a .pqz may hold")
-        data = file_path.read_bytes()
-    except OSError as error:
-        raise CorruptArtifactError(f"cannot read {file_path}: {error.strerror}") from None
-    return parse_container(data, verify=verify)
+    # A missing or unreadable file is the OSError a caller expects (FileNotFoundError, ...).
+    size = file_path.stat().st_size
+    if file_path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(file_path))
+    if size > MAX_FILE_BYTES:
+        raise CorruptArtifactError(f"{file_path} is {size} bytes, more than a .pqz may hold")
+    return parse_container(file_path.read_bytes(), verify=verify)
 
 
 def parse_container(data: bytes, *, verify: bool = True) -> PqzContainer:

@@ -49,10 +49,10 @@ RUNTIMES = ("dense", "auto", *FAMILIES)
 MODEL_TOLERANCE = 5e-2
 SAMPLE_ROWS = 64  # rows used for the correctness checks and int8 calibration
 # `auto` keeps its kernels only if the whole model beats dense in MODEL_WINS of MODEL_ROUNDS
-# paired rounds: by chance alone (equal speeds) that happens with probability 2%, so noise on a
-# busy machine does not pass for a speed-up.
+# paired rounds (by chance alone, at equal speeds, that happens with probability 9%) and its
+# median is faster by the margin: noise on a busy machine does not pass for a speed-up.
 MODEL_ROUNDS = 9
-MODEL_WINS = 8
+MODEL_WINS = 7
 REPORT_ATTRIBUTE = "pqz_runtime"
 
 
@@ -176,11 +176,12 @@ def compile_runtime(
             wins = sum(c < d for c, d in zip(rounds["compiled"], rounds["dense"], strict=True))
             if error > MODEL_TOLERANCE:
                 note = f"kept dense: logits error {error:.2e} above {MODEL_TOLERANCE:.0e}"
-            elif wins < MODEL_WINS:
+            elif wins < MODEL_WINS or model_ms["compiled"] > model_ms["dense"] * (1 - margin):
                 note = (
-                    f"kept dense: the compiled model was faster in {wins} of {MODEL_ROUNDS} "
-                    f"paired rounds (median {model_ms['compiled']:.3f} ms against "
-                    f"{model_ms['dense']:.3f} ms), fewer than {MODEL_WINS}"
+                    f"kept dense: on its chosen kernels the model was faster in {wins} of "
+                    f"{MODEL_ROUNDS} paired timing rounds, median {model_ms['compiled']:.3f} ms "
+                    f"against {model_ms['dense']:.3f} ms dense (it must win {MODEL_WINS} and "
+                    f"be {margin:.0%} faster)"
                 )
     if note:
         report = _dense_report(runtime, device, batch_size, choices, dense_resident, model_ms, note)
@@ -274,9 +275,10 @@ def _inputs(
         generator = torch.Generator().manual_seed(seed)
         rows = max(SAMPLE_ROWS, batch_size)
         example_inputs = torch.randn((rows, *input_shape), generator=generator)
-    elif example_inputs.ndim < 2 or len(example_inputs) == 0:
+    elif tuple(example_inputs.shape[1:]) != tuple(input_shape) or len(example_inputs) == 0:
         raise InvalidConfigError(
-            f"example inputs of shape {list(example_inputs.shape)} need a batch dimension"
+            f"example inputs of shape {list(example_inputs.shape)} are not a batch of the "
+            f"model's inputs {list(input_shape)}"
         )
     example_inputs = example_inputs.float().to(device)
     check = example_inputs[:SAMPLE_ROWS]

@@ -73,6 +73,7 @@ def test_bench_infer_table_without_memory(lenet: Path) -> None:
     [
         (["--batch", "1,x"], "--batch '1,x' is not a comma-separated list of integers", 2),
         (["--batch", "0"], "batch sizes must be >= 1", 2),
+        (["--batch", "100000000"], "--batch 100000000 is above 4096", 2),
         (["--device", "tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto", 1),
     ],
 )
@@ -133,6 +134,8 @@ def test_eval_runs_a_pqz_on_the_runtime_it_is_given(lenet: Path) -> None:
         assert result.returncode == 0, result.stderr
         results[runtime] = json.loads(result.stdout)
         assert results[runtime]["runtime"] == runtime
+    assert results["sparse"]["kernels"] == {"sparse": 4}
+    assert "kernels" not in results["dense"]
     # An untrained LeNet-5: near-tied logits, so a few predictions may flip under int8.
     assert results["sparse"]["accuracy"] == pytest.approx(results["dense"]["accuracy"], abs=1e-3)
     assert results["int8"]["accuracy"] == pytest.approx(results["dense"]["accuracy"], abs=0.05)
@@ -140,5 +143,45 @@ def test_eval_runs_a_pqz_on_the_runtime_it_is_given(lenet: Path) -> None:
 
 def test_eval_refuses_an_unknown_runtime(lenet: Path) -> None:
     result = run("eval", str(lenet), "--data", "digits", "--runtime", "warp")
+    assert result.returncode == 2
+    assert "--runtime 'warp' is not one of dense, auto" in result.stderr
+
+
+def test_eval_refuses_options_that_do_not_apply(lenet: Path, tmp_path: Path) -> None:
+    wrong_arch = run("eval", str(lenet), "--data", "digits", "--arch", "lenet-300-100")
+    assert wrong_arch.returncode == 2
+    assert "holds a 'lenet-5', not --arch 'lenet-300-100'" in wrong_arch.stderr
+    checkpoint = tmp_path / "model.pt"
+    torch.save(build_model("lenet-5").state_dict(), checkpoint)
+    on_checkpoint = run(
+        "eval", str(checkpoint), "--arch", "lenet-5", "--data", "digits", "--runtime", "int8"
+    )
+    assert on_checkpoint.returncode == 2
+    assert "--runtime applies to .pqz files" in on_checkpoint.stderr
+
+
+@pytest.mark.parametrize("command", [["export", "--format", "onnx"], ["decompress"]])
+def test_writing_over_the_input_is_refused_and_the_input_kept(
+    lenet: Path, tmp_path: Path, command: list[str]
+) -> None:
+    copy = tmp_path / "model.pqz"
+    copy.write_bytes(lenet.read_bytes())
+    result = run(command[0], str(copy), *command[1:], "-o", str(copy))
+    assert result.returncode == 2
+    assert "is the input file itself" in result.stderr
+    assert copy.read_bytes() == lenet.read_bytes()
+
+
+def test_output_that_is_a_directory_is_named_as_given(lenet: Path, tmp_path: Path) -> None:
+    target = tmp_path / "adir"
+    target.mkdir()
+    result = run("export", str(lenet), "--format", "safetensors", "-o", str(target))
     assert result.returncode == 1
-    assert "runtime 'warp' is not one of dense, auto" in result.stderr
+    assert result.stderr.strip() == f"error: Is a directory: {target}"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left beside it
+
+
+def test_input_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    result = run("bench-infer", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: cannot read {tmp_path}: Is a directory"

@@ -319,3 +319,15 @@ def test_auto_returns_the_dense_model_when_no_kernel_is_faster(tmp_path: Path) -
     assert set(report.kernels.values()) == {"dense"}
     assert report.resident_bytes == report.dense_resident_bytes
     assert report.note == "kept dense: no layer had a kernel measured faster than dense"
+
+
+def test_load_pqz_errors_speak_to_the_caller(lenet_pqz: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_pqz(tmp_path / "absent.pqz", runtime="auto")
+    with pytest.raises(
+        InvalidConfigError, match=r"not a batch of the model's inputs \[1, 28, 28\]"
+    ):
+        load_pqz(lenet_pqz, runtime="auto", example_inputs=torch.rand(4, 3, 28, 28))
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidConfigError, match="no CUDA GPU is available"):
+            load_pqz(lenet_pqz, device="cuda")
