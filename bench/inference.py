@@ -136,7 +136,7 @@ def main() -> None:
 
 
 def print_table(table: list[dict[str, object]], device: str, threads: int) -> None:
-    where = f"{device}, {threads} threads" if device == "cpu" else device
+    where = f"{device}, {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else device
     print(f"\nInference, dense fp32 against the pqz runtime ({where}), 90% pruned + PQ\n")
     print(
         "| model | weights | batch | dense ms | compressed ms | speed-up | target | "
