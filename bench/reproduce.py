@@ -7,6 +7,9 @@
 Per row: baseline and compressed test accuracy, the drop, weight sparsity, the `.pqz` size and
 the real compression ratio (file bytes against fp32 bytes), and time per stage, for product
 quantization and scalar k-means side by side. Baselines are cached in --workdir and reused.
+Beyond CompressionSpec's defaults, `spec_for` passes (for the LeNet rows): 8 pruning rounds,
+masked retraining at lr 0.02 for 3 epochs (12 on the 8,000-image MNIST subset), and fine-tuning
+of codebooks and biases with distillation from the uncompressed model for as many epochs.
 """
 
 from __future__ import annotations

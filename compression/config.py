@@ -221,9 +221,7 @@ class QuantConfig:
     `block_size=None` picks per layer: kh*kw for Conv2d kernels up to 3x3 (9 for 3x3), kw for
     larger kernels, 4 for Linear and 1x1 convolutions. Pruned weights stay exactly zero and do
     not pull the centroids. A layer whose codes would not be smaller than its values, or that a
-    rule skips, keeps its values in `fallback_dtype`. A layer gets at most one centroid per two
-    sub-vectors (rounded down to a power of two): 400 sub-vectors get 128 centroids, not 256,
-    so a small layer's codebook does not outweigh its codes.
+    rule skips, keeps its values in `fallback_dtype`.
     """
 
     method: Literal["pq", "kmeans"] = "pq"

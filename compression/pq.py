@@ -30,7 +30,6 @@ from compression.prune import (
 )
 
 FLOAT16_MAX = 65504.0
-SUBVECTORS_PER_CENTROID = 2  # a layer gets at most one centroid per this many sub-vectors
 
 
 class ProductQuantized(nn.Module):
@@ -117,19 +116,6 @@ def default_block_size(module: nn.Module) -> int:
     return 4
 
 
-def centroid_cap(n_sub: int, subvectors_per_centroid: int = SUBVECTORS_PER_CENTROID) -> int:
-    """The most centroids worth having for `n_sub` sub-vectors: n_sub / subvectors_per_centroid
-    rounded down to a power of two (codes take whole bits), at least 2, never more than n_sub.
-
-    400 sub-vectors at 2 per centroid get 128 centroids, not 256: 7-bit codes and a codebook
-    half the size, where 256 centroids would cost more bytes than the codes they serve.
-    """
-    if subvectors_per_centroid <= 1:
-        return n_sub
-    cap = max(n_sub // subvectors_per_centroid, 2)
-    return min(1 << (cap.bit_length() - 1), n_sub)
-
-
 def quantize_(model: nn.Module, config: QuantConfig) -> list[LayerQuantization]:
     """Quantize every Linear and Conv2d weight of `model` in place, by the config's rules."""
     results = []
@@ -178,7 +164,7 @@ def _quantize_layer(
     n_centroids = rule.n_centroids or config.n_centroids
     values = kept_values(weight, mask)  # (n_kept,)
     n_sub = -(-values.numel() // block_size)
-    k = min(n_centroids, centroid_cap(n_sub))
+    k = min(n_centroids, n_sub)
     code_bits = max(1, math.ceil(math.log2(max(k, 2))))
     quantized_bytes = math.ceil(n_sub * code_bits / 8) + k * block_size * 2
     fallback_bytes = values.numel() * (2 if config.fallback_dtype == "float16" else 4)
