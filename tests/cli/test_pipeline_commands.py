@@ -77,6 +77,7 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         "n": 360,
         "data": "digits",
         "arch": "lenet-300-100",
+        "runtime": "dense",
     }
 
 
@@ -137,7 +138,8 @@ def test_submit_checks_the_spec_before_uploading(
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == "error: invalid spec: spec.prune.rouns: Extra inputs are not permitted"
+    assert result.stderr.strip() == (
+        "error: invalid spec: unknown field 'rouns' in spec.prune (allowed: sparsity, "
+        "threshold, scope, module_types, modules, max_accuracy_drop, rounds, retrain_epochs, "
+        "retrain_lr, scan_samples)"
     )
