@@ -25,20 +25,21 @@ client.register(app)
 
 def main() -> None:
     """Console script: run the app, turning usage, domain and I/O errors into one clear line."""
-    from compression.errors import CompressionError
-
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exit_:
         code = exit_.exit_code
     except typer.Abort:
         fail("interrupted", code=130)
-    except CompressionError as error:
-        fail(str(error))
     except OSError as error:
         target = f": {error.filename}" if error.filename else ""
         fail(f"{error.strerror or error}{target}")
     except Exception as error:
+        # compression's errors, without importing it here: that would load torch into commands
+        # that never use it (`pqz api`). A CompressionError exists only once its module is loaded.
+        errors = sys.modules.get("compression.errors")
+        if errors is not None and isinstance(error, errors.CompressionError):
+            fail(str(error))
         # Usage errors: typer's (possibly vendored) click exceptions, known by their interface.
         if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
             raise
