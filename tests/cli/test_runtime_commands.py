@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from compression import PruneConfig, QuantConfig, build_model, load_pqz, prune_, quantize_, save_pqz
 
 PQZ = str(Path(sys.executable).parent / "pqz")
+CACHE = tempfile.mkdtemp(prefix="pqz-test-cache-")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +26,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         check=False,
-        env={"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent)},
+        env={
+            "OMP_NUM_THREADS": "1",
+            "PATH": str(Path(sys.executable).parent),
+            "XDG_CACHE_HOME": CACHE,  # the autotune's timings, not in the user's home
+        },
     )
 
 
