@@ -12,6 +12,7 @@ and passes the correctness check, whatever its speed (for tests and for users wh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,18 +77,7 @@ class RuntimeReport:
         return {layer.name: layer.kernel for layer in self.layers}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "device": self.device,
-            "batch_size": self.batch_size,
-            "layers": [layer.to_dict() for layer in self.layers],
-            "resident_bytes": self.resident_bytes,
-            "dense_resident_bytes": self.dense_resident_bytes,
-            "output_error": self.output_error,
-            "top1_agreement": self.top1_agreement,
-            "model_ms": self.model_ms,
-            "note": self.note,
-        }
+        return dataclasses.asdict(self)
 
 
 def compile_runtime(
@@ -115,7 +105,9 @@ def compile_runtime(
         raise InvalidConfigError(f"batch size {batch_size} must be >= 1")
     device = torch.device(device)
     reference = model.to(device).eval()
-    check_inputs, timing_input = _inputs(example_inputs, input_shape, batch_size, device, seed)
+    check_inputs, timing_input = sample_inputs(
+        example_inputs, input_shape, batch_size, device, seed
+    )
     dense_resident = model_resident_bytes(reference)
     if runtime == "dense":
         return reference, _dense_report(runtime, device, batch_size, [], dense_resident, {}, "")
@@ -263,12 +255,12 @@ def _dense_report(
     )
 
 
-def _inputs(
+def sample_inputs(
     example_inputs: torch.Tensor | None,
     input_shape: tuple[int, ...],
     batch_size: int,
     device: torch.device,
-    seed: int,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows for the checks and calibration, one batch of `batch_size` rows for timing)."""
     if example_inputs is None:

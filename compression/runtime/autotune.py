@@ -9,6 +9,8 @@ machine, torch version, thread count, layer shape, input shape and weight densit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -16,7 +18,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,7 @@ class LayerChoice:
     dense_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "layer_type": self.layer_type,
-            "kernel": self.kernel,
-            "density": self.density,
-            "timings_ms": self.timings_ms,
-            "errors": self.errors,
-            "rejected": self.rejected,
-            "resident_bytes": self.resident_bytes,
-            "dense_bytes": self.dense_bytes,
-        }
+        return dataclasses.asdict(self)
 
 
 class TimingCache:
@@ -125,7 +117,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_interleaved(
-    functions: dict[str, Callable[[], object]],
+    functions: Mapping[str, Callable[[], object]],
     device: torch.device,
     *,
     repeats: int = 7,
@@ -137,7 +129,7 @@ def time_interleaved(
 
 
 def time_rounds(
-    functions: dict[str, Callable[[], object]],
+    functions: Mapping[str, Callable[[], object]],
     device: torch.device,
     *,
     repeats: int,
@@ -222,11 +214,11 @@ def choose_kernel(
     for kernel in candidates(layer, sample, device):
         if family is not None and kernel.family != family:
             continue
-        module, problem = _build_checked(kernel, layer, sample)
-        if module is None:
+        module, output, problem = _build_checked(kernel, layer, sample)
+        if module is None or output is None:
             rejected[kernel.name] = problem
             continue
-        error = relative_error(module(sample.inputs), sample.outputs)
+        error = relative_error(output, sample.outputs)
         errors[kernel.name] = error
         if error > kernel.tolerance:
             rejected[kernel.name] = f"error {error:.2e} above its tolerance {kernel.tolerance:.0e}"
@@ -260,18 +252,18 @@ def choose_kernel(
 
 def _build_checked(
     kernel: Kernel, layer: nn.Module, sample: LayerSample
-) -> tuple[nn.Module | None, str]:
-    """Build and run the kernel once; a kernel the backend cannot run is a rejected candidate."""
+) -> tuple[nn.Module | None, torch.Tensor | None, str]:
+    """Build the kernel and run it on the sample; one the backend cannot run is rejected."""
     try:
         with warnings.catch_warnings():
             # torch 2.14 announces that quantized tensors go away in a later release; pqz pins
             # torch, and each kernel is checked against dense right after this.
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
             module = kernel.build(layer, sample)
-        module(sample.inputs)
+        output = module(sample.inputs)
     except (RuntimeError, NotImplementedError, ValueError) as error:
-        return None, f"not runnable here: {str(error).splitlines()[0][:120]}"
-    return module, ""
+        return None, None, f"not runnable here: {str(error).splitlines()[0][:120]}"
+    return module, output, ""
 
 
 def _timings(
@@ -291,15 +283,11 @@ def _timings(
         # Re-time dense beside whatever is missing: ratios must come from one run.
         missing.add("dense")
         modules = {"dense": layer, **built}
-        functions = {kernel: _caller(modules[kernel], timing_input) for kernel in missing}
+        functions = {kernel: functools.partial(modules[kernel], timing_input) for kernel in missing}
         for kernel, milliseconds in time_interleaved(functions, device).items():
             timings[kernel] = milliseconds
             cache.put(keys[kernel], milliseconds)
     return {kernel: float(value) for kernel, value in timings.items() if value is not None}
-
-
-def _caller(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    return lambda: module(x)
 
 
 def _signature(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import functools
 import gc
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ import torch
 from torch import nn
 
 from compression.errors import InvalidConfigError
-from compression.runtime import model_resident_bytes, runtime_report
+from compression.pqz import inspect_pqz, load_pqz
+from compression.runtime import model_resident_bytes, runtime_report, sample_inputs
 from compression.runtime.autotune import time_interleaved
+from compression.zoo import get_architecture
 
 PEAK_TIMEOUT_S = 600
 
@@ -53,21 +56,10 @@ class InferenceResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "device": self.device,
-            "batch": self.batch,
-            "dense_ms": self.dense_ms,
-            "compressed_ms": self.compressed_ms,
+            **dataclasses.asdict(self),
             "speedup": self.speedup,
-            "dense_throughput": self.batch / self.dense_ms * 1000,
+            "dense_throughput": self.batch / self.dense_ms * 1000,  # images per second
             "compressed_throughput": self.batch / self.compressed_ms * 1000,
-            "dense_peak_bytes": self.dense_peak_bytes,
-            "compressed_peak_bytes": self.compressed_peak_bytes,
-            "dense_resident_bytes": self.dense_resident_bytes,
-            "compressed_resident_bytes": self.compressed_resident_bytes,
-            "agreement": self.agreement,
-            "agreement_n": self.agreement_n,
-            "kernels": self.kernels,
-            "note": self.note,
         }
 
 
@@ -87,13 +79,12 @@ def benchmark_inference(
     `example_inputs`: a few real inputs (calibration and checks); `eval_inputs`: test images on
     which the two models' top-1 predictions are compared.
     """
-    from compression.pqz import load_pqz
-
     if not batches or min(batches) < 1:
         raise InvalidConfigError(f"batch sizes {list(batches)} must be >= 1")
     device = torch.device(device)
     dense = load_pqz(path, device=device)
     dense_resident = model_resident_bytes(dense)
+    input_shape = get_architecture(inspect_pqz(path).architecture["name"]).input_shape
     results = []
     for batch in batches:
         compressed = load_pqz(
@@ -105,15 +96,13 @@ def benchmark_inference(
             cache_path=cache_path,
         )
         report = runtime_report(compressed)
-        inputs = _timing_batch(example_inputs, dense, path, batch, device)
+        _, inputs = sample_inputs(example_inputs, input_shape, batch, device)
         if report is None or report.note.startswith("kept dense"):
             # The runtime kept the decoded model: timing it twice would only measure noise.
-            timings = time_interleaved(
-                {"dense": _caller(dense, inputs)}, device, repeats=repeats, min_repeat_s=0.05
-            )
+            timings = _time({"dense": dense}, inputs, device, repeats)
             timings["compressed"] = timings["dense"]
         else:
-            timings = _time_both(dense, compressed, inputs, device, repeats)
+            timings = _time({"dense": dense, "compressed": compressed}, inputs, device, repeats)
         agreement, n = _agreement(dense, compressed, eval_inputs, batch, device)
         peaks: dict[str, int | None] = {"dense": None, "compressed": None}
         if measure_memory:
@@ -142,43 +131,12 @@ def benchmark_inference(
     return results
 
 
-def _caller(model: nn.Module, inputs: torch.Tensor) -> Callable[[], object]:
-    @torch.inference_mode()
-    def call() -> object:
-        return model(inputs)
-
-    return call
-
-
 @torch.inference_mode()
-def _time_both(
-    dense: nn.Module,
-    compressed: nn.Module,
-    inputs: torch.Tensor,
-    device: torch.device,
-    repeats: int,
+def _time(
+    models: dict[str, nn.Module], inputs: torch.Tensor, device: torch.device, repeats: int
 ) -> dict[str, float]:
-    functions = {"dense": lambda: dense(inputs), "compressed": lambda: compressed(inputs)}
+    functions = {name: functools.partial(model, inputs) for name, model in models.items()}
     return time_interleaved(functions, device, repeats=repeats, min_repeat_s=0.05)
-
-
-def _timing_batch(
-    example_inputs: torch.Tensor | None,
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    batch: int,
-    device: torch.device,
-) -> torch.Tensor:
-    if example_inputs is not None:
-        repeats = -(-batch // len(example_inputs))
-        rows = example_inputs.repeat(repeats, *([1] * (example_inputs.ndim - 1)))[:batch]
-        return rows.float().to(device)
-    from compression.pqz import inspect_pqz
-    from compression.zoo import get_architecture
-
-    shape = get_architecture(inspect_pqz(path).architecture["name"]).input_shape
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn((batch, *shape), generator=generator).to(device)
 
 
 @torch.inference_mode()
@@ -227,8 +185,6 @@ def _load(
     example_inputs: torch.Tensor | None,
     cache_path: str | os.PathLike[str] | None,
 ) -> nn.Module:
-    from compression.pqz import load_pqz
-
     return load_pqz(
         path,
         device=device,
@@ -250,8 +206,6 @@ def _cpu_peak(
     threads: int,
 ) -> int:
     """In a fresh process: the model's bytes plus the most memory running it added."""
-    from compression.runtime import model_resident_bytes
-
     torch.set_num_threads(threads)
     model = _load(path, runtime, batch, device, example_inputs, cache_path)
     with torch.inference_mode():
