@@ -8,20 +8,28 @@ only its own form of the weight: a sparse or int8 layer holds no fp32 copy, and
     kernel              layers          devices     tolerance
     sparse (CSR)        Linear, Conv2d  cpu, cuda   1e-4   (fp32; only the summation order differs)
     int8-dynamic        Linear          cpu         3e-2   (per-channel weights, per-call scales)
-    int8-static         Conv2d          cpu         3e-2   (scales calibrated on real inputs)
+    int8-static-fbgemm  Conv2d          cpu         3e-2   (scales calibrated on real inputs)
+    int8-static-onednn  Conv2d          cpu         3e-2   (the same on oneDNN's kernels)
     bf16                Linear, Conv2d  cpu, cuda   2e-2
     fp16                Linear, Conv2d  cuda        5e-3
     semi-structured     Linear          cuda        5e-3   (fp16, only where the mask is 2:4)
 
 torch's dynamic int8 convolution is not offered: on non-negative inputs (after a ReLU) its
 output was 68% off (relative L2) in torch 2.14.1, so convolutions get int8 only when calibrated.
+Static int8 convolutions come from both of torch's x86 backends, each a kernel of its own, because
+neither is always the faster: with 2 threads oneDNN's took 8 ms for a 5x5 convolution (64 to 192
+channels, 15x15, batch 1) that fbgemm ran in 0.23 ms, once a call at another batch size had come
+before, while at batch 64 oneDNN's were up to 25% faster. torch's default `x86` engine picks one
+of the two by shape, not by measurement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -171,15 +179,19 @@ class Int8DynamicLinear(nn.Module):
 
 
 class Int8StaticConv2d(nn.Module):
-    """int8 convolution with input and output scales calibrated on real inputs."""
+    """int8 convolution with input and output scales calibrated on real inputs.
 
-    kernel = "int8-static"
+    `engine` ("fbgemm" or "onednn") is the backend whose kernels run it: the weights are packed
+    for that backend, and a packed weight keeps its backend whatever the global engine is later.
+    """
 
-    def __init__(self, layer: nn.Conv2d, sample: LayerSample) -> None:
+    def __init__(self, layer: nn.Conv2d, sample: LayerSample, engine: str) -> None:
         super().__init__()
+        self.kernel = f"int8-static-{engine}"
         self.input_scale, self.input_zero_point = _affine_uint8(sample.inputs)
         self.inner = nnq.Conv2d(**_conv_arguments(layer))
-        self.inner.set_weight_bias(_per_channel_int8(layer.weight), _bias(layer))
+        with quantized_engine(engine):
+            self.inner.set_weight_bias(_per_channel_int8(layer.weight), _bias(layer))
         scale, zero_point = _affine_uint8(sample.outputs)
         self.inner.scale = scale
         self.inner.zero_point = zero_point
@@ -191,6 +203,19 @@ class Int8StaticConv2d(nn.Module):
 
     def resident_bytes(self) -> int:
         return self._bytes
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """torch's global quantized engine set to `engine` for the block, then restored."""
+    if engine not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(f"quantized engine {engine!r} is not built into this torch")
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 def _affine_uint8(values: torch.Tensor) -> tuple[float, int]:
@@ -282,6 +307,11 @@ class Kernel:
     applies: Callable[[nn.Module, LayerSample], bool] = lambda layer, sample: True
 
 
+def _static_int8(layer: nn.Module, sample: LayerSample, *, engine: str) -> nn.Module:
+    assert isinstance(layer, nn.Conv2d)  # the Kernel's layer_type
+    return Int8StaticConv2d(layer, sample, engine)
+
+
 def _plain_conv(layer: nn.Module, sample: LayerSample) -> bool:
     return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
 
@@ -328,14 +358,17 @@ KERNELS: tuple[Kernel, ...] = (
         layer_type=nn.Linear,
         build=lambda layer, sample: Int8DynamicLinear(layer),  # type: ignore[arg-type]
     ),
-    Kernel(
-        name="int8-static",
-        family="int8",
-        tolerance=3e-2,
-        devices=CPU,
-        layer_type=nn.Conv2d,
-        build=Int8StaticConv2d,  # type: ignore[arg-type]
-        applies=_calibrated,
+    *(
+        Kernel(
+            name=f"int8-static-{engine}",
+            family="int8",
+            tolerance=3e-2,
+            devices=CPU,
+            layer_type=nn.Conv2d,
+            build=functools.partial(_static_int8, engine=engine),
+            applies=_calibrated,
+        )
+        for engine in ("fbgemm", "onednn")
     ),
     *(
         Kernel(

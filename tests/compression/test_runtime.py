@@ -18,11 +18,13 @@ from compression.runtime.autotune import TimingCache, choose_kernel, relative_er
 from compression.runtime.kernels import (
     KERNELS,
     HalfPrecision,
+    Int8StaticConv2d,
     LayerSample,
     SparseConv2d,
     SparseLinear,
     candidates,
     is_two_four,
+    quantized_engine,
 )
 
 CPU = torch.device("cpu")
@@ -87,6 +89,25 @@ def test_half_precision_kernel_leaves_the_dense_layer_untouched() -> None:
     layer = nn.Linear(8, 4)
     HalfPrecision(layer, torch.bfloat16)
     assert layer.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "onednn"])
+def test_static_int8_conv_runs_on_its_own_backend_and_leaves_the_global_engine(engine: str) -> None:
+    layer = pruned(nn.Conv2d(8, 16, 3, padding=1))
+    inputs = torch.relu(torch.randn(4, 8, 10, 10))
+    before = torch.backends.quantized.engine
+    module = Int8StaticConv2d(layer, sample_for(layer, inputs), engine)
+    assert torch.backends.quantized.engine == before
+    assert module.kernel == f"int8-static-{engine}"
+    # Packed for its backend, it still runs after the global engine has moved on.
+    other = "onednn" if engine == "fbgemm" else "fbgemm"
+    with quantized_engine(other), torch.inference_mode():
+        assert relative_error(module(inputs), layer(inputs)) <= 3e-2
+
+
+def test_an_engine_missing_from_this_torch_is_refused_by_name() -> None:
+    with pytest.raises(RuntimeError, match="'tpu-int8' is not built"), quantized_engine("tpu-int8"):
+        pass
 
 
 def test_two_four_pattern_is_detected_exactly() -> None:
