@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 _ENGINES: dict[str, Engine] = {}
+IDLE_PING_S = 10.0  # a pooled PostgreSQL connection idle longer is tested before use
 
 
 def get_engine(url: str) -> Engine:
@@ -61,7 +63,36 @@ def _create(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_use_lifo=True)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use only if it sat idle for `IDLE_PING_S`.
+
+    `pool_pre_ping` pings on every checkout: a round trip added to each request, which took
+    the p95 of a job poll at 50 clients from 16-18 ms to 23-46 ms on PostgreSQL. A connection
+    returned moments ago is alive; one idle for a while may have been dropped by a restart or
+    a firewall, and is replaced before the request sees it (SQLAlchemy's documented
+    checkout-event recipe for pessimistic disconnect handling). Should the server go away
+    within those seconds, the first query fails, the pool is invalidated, the next one works.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("returned_at", 0.0) < IDLE_PING_S:
+            return
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as error:  # any driver error: the connection is not usable
+            raise exc.DisconnectionError(f"pooled connection dead: {error}") from error
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import Problem, not_found
-from db.jobs import user_for_key
+from db.jobs import Owned, owned_with_key, user_for_key
 from db.models import File, Job, User
 from db.session import session_factory
 from db.settings import Settings
@@ -45,13 +45,31 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `pqz keys cre
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> User:
+def bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer <key>")
-    user = user_for_key(session, credentials.credentials)
+    return credentials.credentials
+
+
+def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> User:
+    user = user_for_key(session, bearer_key(credentials))
     if user is None:
         raise Problem(401, "Unauthorized", "the API key is not valid")
     return user
+
+
+def owned(
+    session: Session,
+    model: type[Owned],
+    resource_id: str,
+    credentials: HTTPAuthorizationCredentials | None,
+) -> Owned:
+    """The caller's job or file, in one query; a second only tells a bad key from a bad id."""
+    resource = owned_with_key(session, model, resource_id, bearer_key(credentials))
+    if resource is None:
+        authenticate(session, credentials)  # 401 if the key is what is wrong
+        raise not_found(model.__tablename__, resource_id)
+    return resource
 
 
 def current_user(session: SessionDep, credentials: CredentialsDep) -> User:
@@ -62,19 +80,11 @@ UserDep = Annotated[User, Depends(current_user)]
 
 
 def valid_job(job_id: str, session: SessionDep, credentials: CredentialsDep) -> Job:
-    user = authenticate(session, credentials)  # not UserDep: that would be a second trip
-    job = session.get(Job, job_id)
-    if job is None or job.user_id != user.id:
-        raise not_found("job", job_id)
-    return job
+    return owned(session, Job, job_id, credentials)
 
 
 def valid_file(file_id: str, session: SessionDep, credentials: CredentialsDep) -> File:
-    user = authenticate(session, credentials)
-    file = session.get(File, file_id)
-    if file is None or file.user_id != user.id:
-        raise not_found("file", file_id)
-    return file
+    return owned(session, File, file_id, credentials)
 
 
 JobDep = Annotated[Job, Depends(valid_job)]

@@ -31,13 +31,14 @@ def _unavailable(what: str, error: Exception) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every service test runs on SQLite and on PostgreSQL, unless marked `sqlite_only`."""
+    """Every service test runs on SQLite and on PostgreSQL, unless marked `sqlite_only` or
+    `postgresql_only`."""
     if "database_url" in metafunc.fixturenames:
-        kinds = (
-            ["sqlite"]
-            if metafunc.definition.get_closest_marker("sqlite_only")
-            else ["sqlite", "postgresql"]
-        )
+        kinds = ["sqlite", "postgresql"]
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            kinds = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only"):
+            kinds = ["postgresql"]
         metafunc.parametrize("database_url", kinds, indirect=True)
 
 

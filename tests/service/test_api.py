@@ -65,6 +65,20 @@ def test_missing_or_wrong_api_key_is_401(client: TestClient, headers: dict[str, 
     assert response.json()["status"] == 401
 
 
+def test_a_wrong_key_on_an_existing_job_or_file_is_401_not_404(
+    client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    """The job is looked up together with the key: no row can mean either, and the answer
+    must still say which."""
+    file_id = upload(client, alice, checkpoint_bytes)
+    job_id = submit(client, alice, file_id)["id"]
+    for path in [f"/v1/jobs/{job_id}", f"/v1/files/{file_id}"]:
+        for headers in [{}, {"Authorization": "Bearer pqz_wrong"}]:
+            assert client.get(path, headers=headers).status_code == 401, (path, headers)
+    missing = client.get("/v1/jobs/no-such-job", headers=alice)
+    assert (missing.status_code, missing.json()["detail"]) == (404, "no job 'no-such-job'")
+
+
 def test_job_is_queued_with_location_and_listed_newest_first(
     client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
 ) -> None:
