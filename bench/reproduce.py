@@ -58,14 +58,15 @@ RETRAIN_EPOCHS = {"mnist10k": 12.0}
 KMEANS_CENTROIDS = 32  # 5-bit codes, as Deep Compression used for fully connected layers
 
 
-def load(data: str, arch: str, cache: Path, seed: int) -> Dataset:
+def load(data: str, arch: str, cache: Path, seed: int, val_fraction: float) -> Dataset:
+    split = {"seed": seed, "val_fraction": val_fraction}
     if data == "fashion-mnist":
-        dataset = load_dataset("fashion-mnist", data_dir=datasets.fashion_mnist_dir(), seed=seed)
+        dataset = load_dataset("fashion-mnist", data_dir=datasets.fashion_mnist_dir(), **split)
     elif data == "mnist10k":
-        dataset = load_dataset(str(datasets.mnist10k_npz(cache)), seed=seed)
+        dataset = load_dataset(str(datasets.mnist10k_npz(cache)), **split)
         dataset = dataclasses.replace(dataset, name="mnist10k")
     elif data == "cifar10":
-        dataset = load_dataset(str(datasets.cifar10_folder(cache)), seed=seed)
+        dataset = load_dataset(str(datasets.cifar10_folder(cache)), **split)
         dataset = dataclasses.replace(dataset, name="cifar10-jpeg")
     else:
         raise SystemExit(f"unknown data set {data}")
@@ -74,9 +75,17 @@ def load(data: str, arch: str, cache: Path, seed: int) -> Dataset:
 
 
 def baseline(
-    arch: str, dataset: Dataset, epochs: int, workdir: Path, device: torch.device, seed: int
+    arch: str,
+    dataset: Dataset,
+    epochs: int,
+    workdir: Path,
+    device: torch.device,
+    seed: int,
+    val_fraction: float,
 ) -> Path:
-    path = workdir / f"{arch}-{dataset.name}-{epochs}ep.pt"
+    # Keyed by the split too: a baseline must never have trained on the validation images.
+    held_out = "" if val_fraction == 0.1 else f"-val{val_fraction:g}"
+    path = workdir / f"{arch}-{dataset.name}-{epochs}ep{held_out}.pt"
     if path.exists():
         return path
     torch.manual_seed(seed)
@@ -93,7 +102,9 @@ def baseline(
     return path
 
 
-def spec_for(data: str, method: str, schedule: str) -> CompressionSpec:
+def spec_for(
+    data: str, method: str, schedule: str, tolerance: float | None = None
+) -> CompressionSpec:
     quantize = (
         QuantConfig(method="kmeans", n_centroids=KMEANS_CENTROIDS)
         if method == "kmeans"
@@ -103,7 +114,7 @@ def spec_for(data: str, method: str, schedule: str) -> CompressionSpec:
     return CompressionSpec(
         data=data,
         prune=PruneConfig(
-            max_accuracy_drop=0.003 if "mnist" in data else 0.005,
+            max_accuracy_drop=tolerance or (0.003 if "mnist" in data else 0.005),
             rounds=2 if short else 8,
             retrain_epochs=0.5 if short else RETRAIN_EPOCHS.get(data, 3.0),
             retrain_lr=0.02 if "mnist" in data else 0.01,
@@ -120,12 +131,15 @@ def run_row(
     arch: str, data: str, methods: list[str], args: argparse.Namespace, device: torch.device
 ) -> list[dict[str, Any]]:
     """Baseline and pruning once; then each quantization method on a copy of the pruned model."""
-    dataset = load(data, arch, args.workdir / "data", args.seed)
+    val_fraction = args.val_fraction
+    dataset = load(data, arch, args.workdir / "data", args.seed, val_fraction)
     epochs = EPOCHS[args.schedule][data]
-    checkpoint = baseline(arch, dataset, epochs, args.workdir, device, args.seed)
+    checkpoint = baseline(arch, dataset, epochs, args.workdir, device, args.seed, val_fraction)
     model = build_model(arch, dataset.num_classes)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    pruned = Pipeline(model, spec_for(data, methods[0], args.schedule), dataset, device)
+    pruned = Pipeline(
+        model, spec_for(data, methods[0], args.schedule, args.prune_tolerance), dataset, device
+    )
     started = time.perf_counter()
     pruned.baseline()
     pruned.prune()
@@ -133,7 +147,7 @@ def run_row(
     rows = []
     for method in methods:
         started = time.perf_counter()
-        pipeline = pruned.fork(spec_for(data, method, args.schedule))
+        pipeline = pruned.fork(spec_for(data, method, args.schedule, args.prune_tolerance))
         pipeline.quantize()
         pipeline.finetune()
         output = args.workdir / f"{arch}-{dataset.name}-{method}.pqz"
@@ -157,6 +171,7 @@ def run_row(
             "device": str(device),
             "schedule": args.schedule,
             "baseline_epochs": epochs,
+            "val_samples": len(dataset.val),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -197,6 +212,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training images held out for every pruning decision",
+    )
+    parser.add_argument(
+        "--prune-tolerance",
+        type=float,
+        default=None,
+        help="the pruning stage's max_accuracy_drop (default: the target, 0.003 or 0.005)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)

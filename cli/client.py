@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from cli.output import console, fail, human_bytes, print_json
+from cli.output import ForceOption, check_output, console, fail, human_bytes, print_json
 from cli.progress import StageBars
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the job as one JSON object.")]
@@ -248,9 +248,11 @@ def download(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Default: JOB_ID.pqz")
     ] = None,
+    force: ForceOption = False,
 ) -> None:
     """Download a job's .pqz, verifying its SHA-256 against the server's ETag."""
     target = output or Path(f"{job_id}.pqz")
+    check_output(target, force=force)
     partial = target.with_name(f".{target.name}.part")
     digest = hashlib.sha256()
     try:

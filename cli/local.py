@@ -11,10 +11,11 @@ from typing import Annotated, Any
 import typer
 
 from cli.output import (
+    ForceOption,
+    check_output,
     console,
     layer_table,
     print_json,
-    refuse_overwrite,
     require_file,
     totals_table,
 )
@@ -85,11 +86,12 @@ def inspect(
 def decompress(
     file: Annotated[Path, typer.Argument(help="A .pqz file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The .safetensors file to write.")],
+    force: ForceOption = False,
 ) -> None:
     """Decode a .pqz file into a plain safetensors state dict."""
     from compression import decompress_pqz
 
     require_file(file)
-    refuse_overwrite(file, output)
+    check_output(output, force=force, source=file)
     written = decompress_pqz(file, output)
     console.print(f"wrote {written} ({written.stat().st_size:,} bytes)", highlight=False)

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -34,6 +35,26 @@ def refuse_overwrite(source: Path, output: Path) -> None:
     """Writing the result over its own input would destroy the only copy of the model."""
     if output.exists() and source.exists() and os.path.samefile(source, output):
         fail(f"-o {output} is the input file itself; write the result elsewhere", code=2)
+
+
+ForceOption = Annotated[
+    bool, typer.Option("--force", "-f", help="Replace the output file if it exists.")
+]
+
+
+def check_output(output: Path, *, force: bool, source: Path | None = None) -> None:
+    """Before any work (a compression can run for hours): the output can be written, and an
+    existing file is replaced only when asked to."""
+    if source is not None:
+        refuse_overwrite(source, output)
+    if output.is_dir():
+        fail(f"cannot write {output}: it is a directory", code=2)
+    if not output.parent.is_dir():
+        fail(f"cannot write {output}: directory {output.parent} does not exist", code=2)
+    if not os.access(output.parent, os.W_OK):
+        fail(f"cannot write {output}: permission denied on {output.parent}")
+    if output.exists() and not force:
+        fail(f"{output} exists; pass --force to replace it", code=2)
 
 
 def print_json(value: Any) -> None:

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.output import (
+    ForceOption,
+    check_output,
     console,
     fail,
     layer_table,
     print_json,
-    refuse_overwrite,
     require_file,
     totals_table,
 )
@@ -67,8 +68,10 @@ def train(
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seeds weights, splits and batches.")] = 0,
     json_output: JsonOption = False,
+    force: ForceOption = False,
 ) -> None:
     """Train a baseline model on a data set and save its state dict (seeded, CPU or CUDA)."""
+    check_output(output, force=force)
     import torch
 
     from compression import build_model
@@ -213,11 +216,12 @@ def compress(
     download: DownloadOption = False,
     device: DeviceOption = "auto",
     json_output: JsonOption = False,
+    force: ForceOption = False,
 ) -> None:
     """Compress a checkpoint into a .pqz: the whole pipeline with --data, else post-training."""
     if sparsity is not None and threshold is not None:
         fail("give --sparsity or --threshold, not both", code=2)
-    refuse_overwrite(checkpoint, output)
+    check_output(output, force=force, source=checkpoint)
     from compression import load_checkpoint
     from compression.pipeline import compress_model
 

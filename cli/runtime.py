@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,12 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from cli.output import (
+    ForceOption,
+    check_output,
     console,
     errors,
     fail,
     human_bytes,
     print_json,
-    refuse_overwrite,
     require_file,
 )
 from cli.pipeline import DataDirOption, DownloadOption, JsonOption
@@ -36,7 +38,7 @@ def register(app: typer.Typer) -> None:
 def bench_infer(
     file: Annotated[Path, typer.Argument(help="A .pqz file.")],
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,64",
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     data: Annotated[
         str | None,
         typer.Option(help="Data set: calibrate on its training images, compare top-1 on test."),
@@ -107,48 +109,45 @@ def bench_infer(
 
 
 def _print_table(file: Path, rows: list[dict[str, Any]], threads: int) -> None:
+    """One column per batch size, one row per measure: fits an 80-column terminal."""
     from rich.table import Table
 
-    table = Table(title=f"{file}: dense fp32 against the compressed runtime", title_justify="left")
-    for column in (
-        "device",
-        "batch",
-        "dense ms/batch",
-        "compressed ms/batch",
-        "speed-up",
-        "dense img/s",
-        "compressed img/s",
-        "dense peak",
-        "compressed peak",
-        "top-1 agreement",
-        "kernels",
-    ):
-        table.add_column(column, justify="left" if column in ("device", "kernels") else "right")
+    device = rows[0]["device"]
+    where = f"{device}, {threads} thread{'s' * (threads > 1)}" if device == "cpu" else device
+    console.print(
+        f"{file} ({where}): dense fp32 against the compressed runtime",
+        highlight=False,
+        soft_wrap=True,  # a long path is not folded into the table's width
+    )
+    table = Table()
+    table.add_column("")
     for row in rows:
-        agreement = row["agreement"]
-        table.add_row(
-            row["device"]
-            + (f" ({threads} thread{'s' * (threads > 1)})" if row["device"] == "cpu" else ""),
-            str(row["batch"]),
-            f"{row['dense_ms']:.3f}",
-            f"{row['compressed_ms']:.3f}",
-            f"{row['speedup']:.2f}x",
-            f"{row['dense_throughput']:,.0f}",
-            f"{row['compressed_throughput']:,.0f}",
-            _bytes(row["dense_peak_bytes"]),
-            _bytes(row["compressed_peak_bytes"]),
-            "-" if agreement is None else f"{agreement:.2%} of {row['agreement_n']}",
-            ", ".join(f"{kernel} {count}" for kernel, count in sorted(row["kernels"].items())),
-        )
+        table.add_column(f"batch {row['batch']}", justify="right")
+    measures: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("dense ms/batch", lambda row: f"{row['dense_ms']:.3f}"),
+        ("compressed ms/batch", lambda row: f"{row['compressed_ms']:.3f}"),
+        ("speed-up", lambda row: f"{row['speedup']:.2f}x"),
+        ("dense images/s", lambda row: f"{row['dense_throughput']:,.0f}"),
+        ("compressed images/s", lambda row: f"{row['compressed_throughput']:,.0f}"),
+        ("dense peak memory", lambda row: _bytes(row["dense_peak_bytes"])),
+        ("compressed peak memory", lambda row: _bytes(row["compressed_peak_bytes"])),
+        ("model held, dense", lambda row: _bytes(row["dense_resident_bytes"])),
+        ("model held, compressed", lambda row: _bytes(row["compressed_resident_bytes"])),
+        ("top-1 agreement", _agreement),
+    ]
+    for name, cell in measures:
+        table.add_row(name, *(cell(row) for row in rows))
     console.print(table)
     for row in rows:
-        console.print(
-            f"batch {row['batch']}: the model holds {_bytes(row['dense_resident_bytes'])} dense, "
-            f"{_bytes(row['compressed_resident_bytes'])} on the runtime's kernels",
-            highlight=False,
-        )
+        kernels = ", ".join(f"{kernel} {count}" for kernel, count in sorted(row["kernels"].items()))
+        console.print(f"batch {row['batch']}: layers on {kernels}", highlight=False)
         if row["note"]:
             console.print(f"batch {row['batch']}: {row['note']}", highlight=False)
+
+
+def _agreement(row: dict[str, Any]) -> str:
+    agreement = row["agreement"]
+    return "-" if agreement is None else f"{agreement:.2%} of {row['agreement_n']}"
 
 
 def _bytes(value: int | None) -> str:
@@ -159,12 +158,13 @@ def export(
     file: Annotated[Path, typer.Argument(help="A .pqz file.")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx or safetensors.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")],
+    force: ForceOption = False,
 ) -> None:
     """Write the decoded model as ONNX (dynamic batch) or as a safetensors state dict."""
     from compression.export import export_pqz
 
     require_file(file)
-    refuse_overwrite(file, output)
+    check_output(output, force=force, source=file)
     packed = file.stat().st_size
     written = export_pqz(file, output, fmt.value)
     size = written.stat().st_size

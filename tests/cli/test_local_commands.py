@@ -119,6 +119,40 @@ def test_bad_input_is_one_clear_line(
     assert not out.exists()
 
 
+def test_an_existing_output_is_replaced_only_with_force(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.pqz"
+    out.write_bytes(b"an earlier result")
+    args = ["compress", str(checkpoint), "--arch", "lenet-5", "--sparsity", "0.5", "-o", str(out)]
+    refused = run(*args)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"error: {out} exists; pass --force to replace it"
+    assert out.read_bytes() == b"an earlier result"
+    replaced = run(*args, "--force")
+    assert replaced.returncode == 0, replaced.stderr
+    assert load_pqz(out).fc1.weight.eq(0).float().mean() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("{tmp}", "cannot write {tmp}: it is a directory"),
+        (
+            "{tmp}/absent/out.pqz",
+            "cannot write {tmp}/absent/out.pqz: directory {tmp}/absent does not exist",
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, output: str, message: str
+) -> None:
+    # The checkpoint does not exist either: the output is checked first, before anything runs
+    # (a real compression would take minutes or hours before finding out).
+    target = output.format(tmp=tmp_path)
+    result = run("compress", str(tmp_path / "nope.pt"), "--arch", "lenet-5", "-o", target)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: " + message.format(tmp=tmp_path)
+
+
 def test_zoo_lists_architectures_with_parameter_counts() -> None:
     result = run("zoo", "--json")
     assert result.returncode == 0, result.stderr

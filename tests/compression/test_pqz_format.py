@@ -29,7 +29,13 @@ from compression import (
     read_state_dict,
     save_pqz,
 )
-from compression.pqz.container import HEADER, SectionWriter, parse_container, write_container
+from compression.pqz.container import (
+    HEADER,
+    SectionWriter,
+    atomic_path,
+    parse_container,
+    write_container,
+)
 from compression.pqz.tensors import logical_tensors
 
 HYPOTHESIS = settings(
@@ -291,3 +297,26 @@ def test_failed_write_leaves_no_file_behind(
     with pytest.raises(OSError, match="No space left"):
         save_pqz(model, target, architecture="lenet-300-100", num_classes=10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_names_the_users_path_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "model.pqz"
+
+    def write_half() -> None:
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise OSError(28, "disk full", str(temporary))
+
+    with pytest.raises(OSError, match="disk full") as raised:
+        write_half()
+    assert raised.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_where_no_file_can_be_made_is_named_as_given() -> None:
+    # /proc refuses new files (ENOENT) even to root: the temporary file is never created, and
+    # the error names the path the user asked for, not the temporary name.
+    target = Path("/proc/pqz-model.pqz")
+    with pytest.raises(FileNotFoundError) as raised, atomic_path(target):
+        pass
+    assert raised.value.filename == str(target)

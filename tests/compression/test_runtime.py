@@ -110,6 +110,11 @@ def test_an_engine_missing_from_this_torch_is_refused_by_name() -> None:
         pass
 
 
+def test_a_runtime_with_no_kernel_on_the_device_is_refused_not_run_dense() -> None:
+    with pytest.raises(InvalidConfigError, match="'semi-structured' runs on cuda only, not on cpu"):
+        compile_runtime(nn.Sequential(nn.Linear(8, 4)), input_shape=(8,), runtime="semi-structured")
+
+
 def test_two_four_pattern_is_detected_exactly() -> None:
     weight = torch.tensor([[1.0, 0, 2, 0, 0, 0, 0, 3], [1, 1, 0, 0, 1, 0, 1, 0]])
     assert is_two_four(weight)
