@@ -128,6 +128,7 @@ class PruneSpec(LayerRules):
     retrain_epochs: Epochs = 2.0
     retrain_lr: LearningRate = 0.01
     scan_samples: Annotated[int, Field(ge=0, le=1 << 30)] = 2000
+    distill: bool = False
 
     def model_post_init(self, context: object) -> None:
         if self.sparsity is not None and self.threshold is not None:

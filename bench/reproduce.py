@@ -103,7 +103,11 @@ def baseline(
 
 
 def spec_for(
-    data: str, method: str, schedule: str, tolerance: float | None = None
+    data: str,
+    method: str,
+    schedule: str,
+    tolerance: float | None = None,
+    prune_distill: bool = False,
 ) -> CompressionSpec:
     quantize = (
         QuantConfig(method="kmeans", n_centroids=KMEANS_CENTROIDS)
@@ -119,6 +123,7 @@ def spec_for(
             retrain_epochs=0.5 if short else RETRAIN_EPOCHS.get(data, 3.0),
             retrain_lr=0.02 if "mnist" in data else 0.01,
             scan_samples=1000 if data == "cifar10" else 2000,
+            distill=prune_distill,
         ),
         quantize=quantize,
         finetune=FinetuneConfig(
@@ -138,7 +143,10 @@ def run_row(
     model = build_model(arch, dataset.num_classes)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     pruned = Pipeline(
-        model, spec_for(data, methods[0], args.schedule, args.prune_tolerance), dataset, device
+        model,
+        spec_for(data, methods[0], args.schedule, args.prune_tolerance, args.prune_distill),
+        dataset,
+        device,
     )
     started = time.perf_counter()
     pruned.baseline()
@@ -147,7 +155,9 @@ def run_row(
     rows = []
     for method in methods:
         started = time.perf_counter()
-        pipeline = pruned.fork(spec_for(data, method, args.schedule, args.prune_tolerance))
+        pipeline = pruned.fork(
+            spec_for(data, method, args.schedule, args.prune_tolerance, args.prune_distill)
+        )
         pipeline.quantize()
         pipeline.finetune()
         output = args.workdir / f"{arch}-{dataset.name}-{method}.pqz"
@@ -223,6 +233,11 @@ def main() -> None:
         type=float,
         default=None,
         help="the pruning stage's max_accuracy_drop (default: the target, 0.003 or 0.005)",
+    )
+    parser.add_argument(
+        "--prune-distill",
+        action="store_true",
+        help="masked retraining also learns from the unpruned model's soft predictions",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -139,7 +139,8 @@ class PruneConfig:
     round prunes every layer as far as its sensitivity curve allows, retrains for
     `retrain_epochs` at `retrain_lr`, and is kept only while validation accuracy stays within
     `max_accuracy_drop` (0.003 = 0.3 points) of the baseline. `scan_samples` validation images
-    score each point of a curve (0 = all).
+    score each point of a curve (0 = all). `distill=true` makes the retraining learn from the
+    unpruned model's soft predictions too (temperature 4), as the fine-tuning's `distill` does.
     """
 
     sparsity: float | None = None
@@ -152,6 +153,7 @@ class PruneConfig:
     retrain_epochs: float = 2.0
     retrain_lr: float = 0.01
     scan_samples: int = 2000
+    distill: bool = False
 
     def __post_init__(self) -> None:
         if self.sparsity is not None or self.threshold is not None:
@@ -163,6 +165,8 @@ class PruneConfig:
         check_number(self.retrain_epochs, "retrain_epochs", low=0.0, high=10_000.0)
         check_number(self.retrain_lr, "retrain_lr", low=0.0, high=10.0)
         check_number(self.scan_samples, "scan_samples", low=0, high=1 << 30, integer=True)
+        if not isinstance(self.distill, bool):
+            raise InvalidConfigError(f"prune distill must be true or false, got {self.distill!r}")
 
     @property
     def default(self) -> PruneRule | None:

@@ -103,7 +103,8 @@ class Pipeline:
         self.report("baseline")(0.0, "evaluating the uncompressed model")
         self.metrics["data"] = self.dataset.name
         self.metrics["baseline"] = self._accuracies()
-        if self.spec.finetune.distill:
+        prune = self.spec.prune
+        if self.spec.finetune.distill or (prune is not None and prune.distill):
             self.teacher = clone_model(self.model)
         self._done("baseline", started)
 
@@ -177,13 +178,22 @@ class Pipeline:
         assert config is not None
         report = self.report("prune")
         retrain = TrainConfig(epochs=config.retrain_epochs, lr=config.retrain_lr)
+        teacher = self.teacher if config.distill else None
         block_sizes = prune_block_sizes(model, self.spec)
         if dataset is None or config.sparsity is not None or config.threshold is not None:
             report(0.0, "pruning by magnitude")
             layers = prune_(model, config, block_sizes=block_sizes)
             result: dict[str, Any] = {"layers": [dataclasses.asdict(layer) for layer in layers]}
             if dataset is not None and config.retrain_epochs > 0:
-                train(model, dataset, retrain, device=device, seed=self.spec.seed, progress=report)
+                train(
+                    model,
+                    dataset,
+                    retrain,
+                    device=device,
+                    seed=self.spec.seed,
+                    teacher=teacher,
+                    progress=report,
+                )
                 result["val_accuracy"] = evaluate(model, dataset, dataset.val, device=device)
             result["sparsity"] = weight_sparsity(model)
             return result
@@ -198,7 +208,15 @@ class Pipeline:
 
         def retrain_round(candidate: nn.Module, round_index: int) -> None:
             seed = self.spec.seed + round_index
-            train(candidate, dataset, retrain, device=device, seed=seed, progress=report)
+            train(
+                candidate,
+                dataset,
+                retrain,
+                device=device,
+                seed=seed,
+                teacher=teacher,
+                progress=report,
+            )
 
         scan = prune_by_scan_(
             model,

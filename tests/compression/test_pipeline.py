@@ -171,3 +171,36 @@ def test_finetuning_everything_rounds_biases_to_what_the_file_stores(
     finetune(model, digits, FinetuneConfig(epochs=0.2, scope="all"), device=CPU)
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter.detach(), parameter.detach().half().float()), name
+
+
+def test_retraining_with_distillation_learns_from_the_unpruned_model(
+    trained: nn.Module, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prune.distill`: every masked retraining gets the baseline, unpruned and unchanged, as
+    its teacher (`train` itself is what runs; it is only watched)."""
+    from compression import pipeline as pipeline_module
+
+    teachers: list[nn.Module | None] = []
+    real_train = pipeline_module.train
+
+    def watched(*args: object, teacher: nn.Module | None = None, **kwargs: object) -> object:
+        teachers.append(teacher)
+        return real_train(*args, teacher=teacher, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "train", watched)
+    spec = CompressionSpec(
+        prune=PruneConfig(
+            max_accuracy_drop=0.05, rounds=2, retrain_epochs=0.5, scan_samples=100, distill=True
+        ),
+        finetune=FinetuneConfig(epochs=0),
+    )
+    model = copy.deepcopy(trained)
+    pipe = pipeline_module.Pipeline(model, spec, digits, CPU)
+    pipe.baseline()
+    pipe.prune()
+    assert teachers, "no retraining ran"
+    for teacher in teachers:
+        assert teacher is not None
+        assert get_mask(teacher.fc1) is None  # type: ignore[arg-type]
+        assert torch.equal(teacher.fc1.weight, trained.fc1.weight)  # type: ignore[union-attr]
+    assert pipe.metrics["prune"]["sparsity"] > 0.3  # and the pruning went on as usual
