@@ -108,6 +108,7 @@ def spec_for(
     schedule: str,
     tolerance: float | None = None,
     prune_distill: bool = False,
+    rounds: int | None = None,
 ) -> CompressionSpec:
     quantize = (
         QuantConfig(method="kmeans", n_centroids=KMEANS_CENTROIDS)
@@ -119,7 +120,7 @@ def spec_for(
         data=data,
         prune=PruneConfig(
             max_accuracy_drop=tolerance or (0.003 if "mnist" in data else 0.005),
-            rounds=2 if short else 8,
+            rounds=rounds or (2 if short else 8),
             retrain_epochs=0.5 if short else RETRAIN_EPOCHS.get(data, 3.0),
             retrain_lr=0.02 if "mnist" in data else 0.01,
             scan_samples=1000 if data == "cifar10" else 2000,
@@ -144,7 +145,9 @@ def run_row(
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     pruned = Pipeline(
         model,
-        spec_for(data, methods[0], args.schedule, args.prune_tolerance, args.prune_distill),
+        spec_for(
+            data, methods[0], args.schedule, args.prune_tolerance, args.prune_distill, args.rounds
+        ),
         dataset,
         device,
     )
@@ -156,7 +159,9 @@ def run_row(
     for method in methods:
         started = time.perf_counter()
         pipeline = pruned.fork(
-            spec_for(data, method, args.schedule, args.prune_tolerance, args.prune_distill)
+            spec_for(
+                data, method, args.schedule, args.prune_tolerance, args.prune_distill, args.rounds
+            )
         )
         pipeline.quantize()
         pipeline.finetune()
@@ -238,6 +243,9 @@ def main() -> None:
         "--prune-distill",
         action="store_true",
         help="masked retraining also learns from the unpruned model's soft predictions",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="pruning rounds (default: 8, 2 on short CIFAR)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
