@@ -145,11 +145,14 @@ def submit(
     payload = job.json()
     if wait:
         payload = _follow(client, payload["id"], quiet=json_output)
+    failed = wait and payload["status"] != "succeeded"
     if json_output:
         print_json(payload)
+    elif failed:
+        fail(_summary(payload))  # one line on stderr, exit status 1
     else:
-        console.print(_summary(payload), highlight=False)
-    if wait and payload["status"] != "succeeded":
+        console.print(_summary(payload), highlight=False, soft_wrap=True)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -222,7 +225,7 @@ def jobs(
     if not page["data"]:
         console.print("no jobs yet")
     for job in page["data"]:
-        console.print(_summary(job), highlight=False)
+        console.print(_summary(job), highlight=False, soft_wrap=True)
 
 
 def status(
@@ -234,13 +237,13 @@ def status(
     if json_output:
         print_json(job)
     else:
-        console.print(_summary(job), highlight=False)
+        console.print(_summary(job), highlight=False, soft_wrap=True)
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
     """Cancel a job: a queued one at once, a running one between two of its steps."""
     job = Client().request("POST", f"/v1/jobs/{job_id}/cancel").json()
-    console.print(_summary(job), highlight=False)
+    console.print(_summary(job), highlight=False, soft_wrap=True)
 
 
 def download(

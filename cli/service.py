@@ -64,15 +64,28 @@ def create_key(
     json_output: Annotated[bool, typer.Option("--json", help="Print {name, key}.")] = False,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
+    from sqlalchemy.exc import OperationalError
+
     from db.jobs import create_api_key
     from db.migrate import upgrade
     from db.session import session_scope
     from db.settings import get_settings
 
     settings = get_settings()
-    upgrade(settings.resolved_database_url)
-    with session_scope(settings.resolved_database_url) as session:
-        _, key = create_api_key(session, name)
+    url = settings.resolved_database_url
+    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if database is not None and not database.is_file():
+        # A key in a database no server reads would be refused: most likely PQZ_HOME is wrong.
+        fail(
+            f"no database at {database} (PQZ_HOME={settings.home}): start the service with "
+            "`pqz serve`, or run `pqz migrate`, with the same PQZ_HOME first"
+        )
+    try:
+        upgrade(url)
+        with session_scope(url) as session:
+            _, key = create_api_key(session, name)
+    except OperationalError as error:
+        fail(f"cannot use the database {_safe_url(url)}: {str(error.orig).splitlines()[0]}")
     if json_output:
         print_json({"name": name, "key": key})
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,13 +300,21 @@ def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
 def _npz(path: Path) -> tuple[Split, Split, int]:
     if path.stat().st_size > MAX_NPZ_BYTES:
         raise InvalidConfigError(f"{path} is larger than {MAX_NPZ_BYTES} bytes")
+    if not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle and suggest allow_pickle: never for a user's file.
+        raise InvalidConfigError(f"{path} is not an .npz file (a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
             if missing:
                 raise InvalidConfigError(f"{path} lacks the arrays {', '.join(sorted(missing))}")
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except (ValueError, OSError) as error:
+    except InvalidConfigError:
+        raise
+    except ValueError as error:
+        why = "it holds Python objects" if "allow_pickle" in str(error) else str(error)
+        raise InvalidConfigError(f"{path} is not a readable .npz file: {why}") from None
+    except (OSError, zipfile.BadZipFile) as error:
         raise InvalidConfigError(f"{path} is not a readable .npz file: {error}") from None
     train = _split(arrays["x_train"], arrays["y_train"], f"{path.name} train")
     test = _split(arrays["x_test"], arrays["y_test"], f"{path.name} test")

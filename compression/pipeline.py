@@ -207,15 +207,20 @@ class Pipeline:
             return evaluate(candidate, dataset, dataset.val, device=device)
 
         def retrain_round(candidate: nn.Module, round_index: int) -> None:
-            seed = self.spec.seed + round_index
+            def within_round(fraction: float, message: str) -> None:
+                # The stage's progress runs over the rounds: retraining is a slice of one.
+                report(
+                    (round_index + fraction) / config.rounds, f"{message} (round {round_index + 1})"
+                )
+
             train(
                 candidate,
                 dataset,
                 retrain,
                 device=device,
-                seed=seed,
+                seed=self.spec.seed + round_index,
                 teacher=teacher,
-                progress=report,
+                progress=within_round,
             )
 
         scan = prune_by_scan_(

@@ -21,6 +21,9 @@ from compression.data import Dataset, Split, batches
 from compression.errors import InvalidConfigError
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, message)
+# Periodic messages begin with this (every 20 steps); a consumer that has to thin out its
+# events may drop these, never the others (a pruning round kept or undone, a stage done).
+STEP_MESSAGE = "step "
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,7 +106,8 @@ def train(
                 elapsed = time.perf_counter() - started
                 progress(
                     step / total_steps,
-                    f"step {step}/{total_steps}, loss {float(loss.detach()):.3f}, {elapsed:.0f} s",
+                    f"{STEP_MESSAGE}{step}/{total_steps}, loss {float(loss.detach()):.3f}, "
+                    f"{elapsed:.0f} s",
                 )
             if step >= total_steps:
                 break

@@ -137,6 +137,8 @@ def reap(
         )
     ).scalars()
     for job in list(lost):
+        # Read before the update: it also refreshes `job` in the session (worker -> None).
+        worker, stage = job.worker, job.stage
         if job.status == JobStatus.cancelling:
             target, error = JobStatus.cancelled, None
         elif job.attempts < job.max_attempts:
@@ -144,7 +146,7 @@ def reap(
         else:
             target, error = (
                 JobStatus.failed,
-                ("worker_lost", f"the worker stopped answering ({job.worker})"),
+                ("worker_lost", f"the worker stopped answering ({worker})"),
             )
         values: dict[str, Any] = {"status": target, "worker": None, "published_at": None}
         if target != JobStatus.queued:
@@ -160,9 +162,9 @@ def reap(
             add_event(
                 session,
                 job.id,
-                f"worker {job.worker} lost; job {target}",
+                f"worker {worker} lost; job {target}",
                 level="warning",
-                stage=job.stage,
+                stage=stage,
             )
             acted.append(job.id)
     session.commit()

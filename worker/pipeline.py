@@ -30,7 +30,7 @@ from compression import (
 )
 from compression.data import Dataset, fit_to, load_dataset
 from compression.pipeline import Pipeline
-from compression.train import resolve_device
+from compression.train import STEP_MESSAGE, resolve_device
 from compression.zoo import get_architecture
 from db.blobs import read_blob, write_blob
 from db.jobs import add_event, claim, finish, heartbeat
@@ -61,6 +61,10 @@ class JobLostError(Exception):
     """The job was taken from this worker (the reaper judged it lost)."""
 
 
+class InvalidDataError(Exception):
+    """The data file uploaded with the job cannot be used (the message names no server path)."""
+
+
 @dataclass
 class Recorder:
     """Turns progress callbacks into throttled job events and the job's stage and progress."""
@@ -80,7 +84,8 @@ class Recorder:
             raise JobLostError
         moment = time.monotonic()
         if (
-            stage == self.last_stage
+            message.startswith(STEP_MESSAGE)  # periodic; a round's outcome is never dropped
+            and stage == self.last_stage
             and fraction < 1.0
             and moment - self.last_event < EVENT_INTERVAL_S
         ):
@@ -126,6 +131,9 @@ def run_job(job_id: str, settings: Settings, *, worker: str) -> None:
         target=recorder.beat, args=(stop,), name=f"heartbeat-{job_id}", daemon=True
     )
     beating.start()
+    # An earlier attempt killed on this machine (SIGKILL runs no cleanup) left its files here.
+    for leftover in Path(tempfile.gettempdir()).glob(f"pqz-{job_id}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"pqz-{job_id}-"))
     outcome: tuple[JobStatus, tuple[str, str] | None] = (
         JobStatus.failed,
@@ -143,6 +151,8 @@ def run_job(job_id: str, settings: Settings, *, worker: str) -> None:
         return
     except InvalidCheckpointError as error:
         outcome = (JobStatus.failed, ("invalid_checkpoint", str(error)))
+    except InvalidDataError as error:
+        outcome = (JobStatus.failed, ("invalid_data", str(error)))
     except InvalidConfigError as error:
         outcome = (JobStatus.failed, ("invalid_spec", str(error)))
     except UnsupportedLayerError as error:
@@ -249,14 +259,18 @@ def _dataset(
     if data_file is not None:
         path = workdir / "data.npz"
         _download(url, data_file, path)
-        source = str(path)
+        try:
+            dataset = load_dataset(str(path), seed=spec.seed)
+        except InvalidConfigError as error:
+            raise InvalidDataError(
+                str(error).replace(str(path), "the uploaded data file")
+            ) from None
     elif spec.data is not None:
-        source = spec.data
+        dataset = load_dataset(
+            spec.data, data_dir=settings.data_dir, download=settings.allow_download, seed=spec.seed
+        )
     else:
         return None
-    dataset = load_dataset(
-        source, data_dir=settings.data_dir, download=settings.allow_download, seed=spec.seed
-    )
     assert spec.arch is not None
     architecture = get_architecture(spec.arch)
     return fit_to(dataset, architecture.input_shape, architecture.resizes_input, spec.arch)

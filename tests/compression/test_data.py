@@ -81,7 +81,7 @@ def test_npz_is_validated(tmp_path: Path) -> None:
     assert dataset.image_shape == (3, 8, 8)
     missing = tmp_path / "missing.npz"
     np.savez(missing, x_train=np.zeros((4, 8, 8)), y_train=np.zeros(4, dtype=int))
-    with pytest.raises(InvalidConfigError, match="lacks the arrays x_test, y_test"):
+    with pytest.raises(InvalidConfigError, match="missing.npz lacks the arrays x_test, y_test$"):
         load_dataset(str(missing))
     wrong = tmp_path / "wrong.npz"
     np.savez(
@@ -105,6 +105,19 @@ def test_npz_is_validated(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidConfigError, match="labels must be non-negative integers"):
         load_dataset(str(labels))
+
+
+def test_an_npz_that_is_not_plain_arrays_is_refused_without_unsafe_advice(tmp_path: Path) -> None:
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(InvalidConfigError, match="is not an .npz file") as raised:
+        load_dataset(str(noise))
+    assert "allow_pickle" not in str(raised.value)
+    objects = tmp_path / "objects.npz"
+    arrays = {name: np.zeros(2, dtype=int) for name in ("y_train", "x_test", "y_test")}
+    np.savez(objects, x_train=np.array([{"a": 1}], dtype=object), **arrays)
+    with pytest.raises(InvalidConfigError, match="it holds Python objects$"):
+        load_dataset(str(objects))
 
 
 def test_image_folder_loads(tmp_path: Path) -> None:

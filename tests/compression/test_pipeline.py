@@ -204,3 +204,20 @@ def test_retraining_with_distillation_learns_from_the_unpruned_model(
         assert get_mask(teacher.fc1) is None  # type: ignore[arg-type]
         assert torch.equal(teacher.fc1.weight, trained.fc1.weight)  # type: ignore[union-attr]
     assert pipe.metrics["prune"]["sparsity"] > 0.3  # and the pruning went on as usual
+
+
+def test_pruning_progress_never_goes_back(trained: nn.Module, digits: Dataset) -> None:
+    """Retraining reports 0..1 per round; the stage's progress runs once over all rounds."""
+    from compression.pipeline import Pipeline
+
+    seen: list[tuple[str, float, str]] = []
+    spec = CompressionSpec(
+        prune=PruneConfig(max_accuracy_drop=0.05, rounds=3, retrain_epochs=0.5, scan_samples=100)
+    )
+    pipe = Pipeline(copy.deepcopy(trained), spec, digits, CPU, progress=lambda *a: seen.append(a))
+    pipe.baseline()
+    pipe.prune()
+    fractions = [fraction for stage, fraction, _ in seen if stage == "prune"]
+    assert len(fractions) > 5
+    assert fractions == sorted(fractions)
+    assert any("(round 2)" in message for _, _, message in seen)

@@ -216,7 +216,11 @@ def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes
             )
         failed = pqz("submit", str(checkpoint), "--arch", "lenet-5", "--wait")
         assert failed.returncode == 1
-        assert "invalid_checkpoint" in failed.stdout + failed.stderr
+        assert failed.stdout == ""  # a failed job is an error: one line on stderr
+        (line,) = failed.stderr.splitlines()
+        assert line.startswith("error: job-")
+        assert ": failed (validate" in line
+        assert "invalid_checkpoint" in line
         missing = pqz("status", "job-missing")
         assert missing.returncode == 1
         assert missing.stderr.strip() == "error: no job 'job-missing' (HTTP 404)"
@@ -250,3 +254,17 @@ def test_keys_create_prints_a_working_key_once(settings: Settings) -> None:
             client.get("/v1/jobs", headers={"Authorization": f"Bearer {key['key']}"}).status_code
             == 200
         )
+
+
+def test_keys_create_refuses_a_home_without_a_database(tmp_path: Path) -> None:
+    """A key written into a fresh database that no server reads would be refused later: a
+    mistyped PQZ_HOME is said at once, in one line, and nothing is created there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PQZ_")}
+    env["PQZ_HOME"] = str(tmp_path / "typo")
+    created = subprocess.run(
+        [PQZ, "keys", "create", "carol"], env=env, capture_output=True, text=True, check=False
+    )
+    assert created.returncode == 1
+    assert created.stderr.startswith(f"error: no database at {tmp_path / 'typo' / 'pqz.db'}")
+    assert created.stderr.count("\n") == 1
+    assert not (tmp_path / "typo").exists()

@@ -19,7 +19,7 @@ from db.models import Job, JobStatus
 from db.session import session_scope
 from db.settings import Settings
 from tests.service.conftest import submit, upload
-from worker.pipeline import run_job
+from worker.pipeline import Recorder, run_job
 
 
 def _job(client: TestClient, headers: dict[str, str], job_id: str) -> dict[str, object]:
@@ -177,8 +177,11 @@ def test_job_of_a_vanished_worker_is_requeued_or_failed(
         )
     job = _job(client, alice, job_id)
     assert job["status"] == expected
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=alice).json()["data"]
+    assert any(e["message"] == f"worker doomed-worker lost; job {expected}" for e in events)
     if expected == JobStatus.failed:
         assert job["error"]["code"] == "worker_lost"
+        assert job["error"]["message"] == "the worker stopped answering (doomed-worker)"
     else:
         assert published == [job_id]
         run_job(job_id, settings, worker="rescuer")  # the re-published message runs it again
@@ -209,3 +212,55 @@ def test_reaper_drops_uploads_abandoned_mid_stream(settings: Settings) -> None:
         assert session.get(Blob, fresh_id) is not None
         chunks = session.query(BlobChunk.blob_id).distinct().all()
         assert [row[0] for row in chunks] == [fresh_id]
+
+
+@pytest.mark.sqlite_only
+def test_events_thin_out_training_steps_but_keep_every_round(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+    record = Recorder(job_id, "test-worker", settings)
+    for round_index in range(3):  # all within one second: only the steps may be dropped
+        for step in range(1, 4):
+            record("prune", (round_index + step / 4) / 3, f"step {step}/4, loss 0.1, 0 s")
+        record("prune", (round_index + 1) / 3, f"round {round_index + 1} kept: val 0.9")
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=alice).json()["data"]
+    messages = [event["message"] for event in events if event["stage"] == "prune"]
+    assert [m for m in messages if m.startswith("round")] == [
+        "round 1 kept: val 0.9",
+        "round 2 kept: val 0.9",
+        "round 3 kept: val 0.9",
+    ]
+    assert sum(m.startswith("step") for m in messages) == 1  # the first; the rest came too soon
+
+
+@pytest.mark.sqlite_only
+def test_an_unusable_data_upload_fails_the_job_without_naming_server_paths(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = upload(client, alice, checkpoint_bytes)
+    data = upload(client, alice, os.urandom(2000), purpose="dataset")
+    body = {"checkpoint_file": checkpoint, "data_file": data, "spec": {"arch": "lenet-300-100"}}
+    job_id = client.post("/v1/jobs", json=body, headers=alice).json()["id"]
+    run_job(job_id, settings, worker="test-worker")
+    job = _job(client, alice, job_id)
+    assert job["status"] == "failed"
+    assert job["error"] == {
+        "code": "invalid_data",
+        "message": "the uploaded data file is not an .npz file (a zip archive of .npy arrays)",
+    }
+
+
+@pytest.mark.sqlite_only
+def test_files_of_an_earlier_killed_attempt_are_removed(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    import tempfile
+
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes))["id"]
+    stale = Path(tempfile.mkdtemp(prefix=f"pqz-{job_id}-"))  # as a SIGKILLed attempt leaves it
+    (stale / "state.safetensors").write_bytes(b"x" * 1000)
+    run_job(job_id, settings, worker="test-worker")
+    assert _job(client, alice, job_id)["status"] == "succeeded"
+    assert not stale.exists()
+    assert not list(Path(tempfile.gettempdir()).glob(f"pqz-{job_id}-*"))
