@@ -216,8 +216,9 @@ def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes
             )
         failed = pqz("submit", str(checkpoint), "--arch", "lenet-5", "--wait")
         assert failed.returncode == 1
-        assert failed.stdout == ""  # a failed job is an error: one line on stderr
-        (line,) = failed.stderr.splitlines()
+        assert failed.stdout == ""  # a failed job is an error: one line on stderr, the last
+        (line,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+        assert failed.stderr.rstrip().endswith(line)
         assert line.startswith("error: job-")
         assert ": failed (validate" in line
         assert "invalid_checkpoint" in line
