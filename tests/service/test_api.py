@@ -279,15 +279,35 @@ def test_unknown_architecture_or_data_set_is_422(
         catalog.publish(session, "architecture", ["lenet-300-100", "lenet-5"])
         catalog.publish(session, "data", ["digits", "mnist"])
     file_id = upload(client, alice, checkpoint_bytes)
-    for spec, message in [
-        ({"arch": "lenet-6"}, "unknown architecture 'lenet-6'"),
-        ({"arch": "lenet-5", "data": "imagenet"}, "unknown data set 'imagenet'"),
+    for spec, field, message in [
+        ({"arch": "lenet-6"}, "spec.arch", "unknown architecture 'lenet-6'"),
+        (
+            {"arch": "lenet-5", "data": "imagenet"},
+            "spec.data",
+            "unknown data set 'imagenet' (known here: digits, mnist)",
+        ),
     ]:
         response = client.post(
             "/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}, headers=alice
         )
         assert response.status_code == 422
         assert message in response.json()["detail"]
+        (error,) = response.json()["errors"]
+        assert error["field"] == field
+        assert message in error["message"]
+
+
+def test_an_empty_checkpoint_is_refused_at_submit(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    file_id = upload(client, alice, b"")
+    response = client.post(
+        "/v1/jobs", json={"checkpoint_file": file_id, "spec": {"arch": "lenet-5"}}, headers=alice
+    )
+    assert response.status_code == 422
+    assert (
+        response.json()["detail"] == f"file '{file_id}' is empty: it cannot be the job's checkpoint"
+    )
 
 
 def test_cancel_queued_job_ends_it_at_once(

@@ -77,7 +77,7 @@ def test_submit_refused_by_the_server_deletes_what_it_uploaded(
     result = pqz("submit", str(checkpoint), "--arch", "lenet-6")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: unknown architecture 'lenet-6' (`pqz zoo` lists architectures) (HTTP 422)"
+        "error: unknown architecture 'lenet-6' (`pqz zoo` lists them) (HTTP 422)"
     ]
     assert _stored(settings) == (0, 0, 0)
     # The same upload for a job the server accepts is kept, and the job refers to it.

@@ -59,15 +59,23 @@ def _owned_file(session: Session, user_id: str, file_id: str, purpose: str) -> F
             "Invalid Request",
             f"file '{file_id}' has purpose '{file.purpose}', not '{purpose}'",
         )
+    if file.size_bytes == 0:
+        raise Problem(
+            422, "Invalid Request", f"file '{file_id}' is empty: it cannot be the job's {purpose}"
+        )
     return file
 
 
 def _check_catalog(session: Session, kind: str, name: str) -> None:
     names = catalog.known(session, kind)
     if names is not None and name not in names:
-        what = "architecture" if kind == "architecture" else "data set"
+        if kind == "architecture":
+            field, message = "spec.arch", f"unknown architecture '{name}' (`pqz zoo` lists them)"
+        else:
+            known = ", ".join(sorted(names))
+            field, message = "spec.data", f"unknown data set '{name}' (known here: {known})"
         raise Problem(
-            422, "Invalid Request", f"unknown {what} '{name}' (`pqz zoo` lists architectures)"
+            422, "Invalid Request", message, errors=[{"field": field, "message": message}]
         )
 
 
