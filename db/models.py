@@ -180,6 +180,9 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(40))
+    # What the first request asked for (jobs: the body's canonical JSON); a reuse of the key
+    # for another request is refused instead of answered with the first one's resource.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 

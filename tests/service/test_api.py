@@ -117,6 +117,12 @@ def test_idempotency_key_returns_the_first_resource(
     job = client.post("/v1/jobs", json=body, headers=headers).json()
     assert client.post("/v1/jobs", json=body, headers=headers).json()["id"] == job["id"]
     assert len(client.get("/v1/jobs", headers=alice).json()["data"]) == 1
+    # The same key for another job is a client's bug: said, not answered with the first job.
+    other = {**body, "spec": {"arch": "lenet-300-100", "seed": 1}}
+    reused = client.post("/v1/jobs", json=other, headers=headers)
+    assert reused.status_code == 422
+    assert reused.json()["detail"].startswith("Idempotency-Key 'job-1' was used for a different")
+    assert len(client.get("/v1/jobs", headers=alice).json()["data"]) == 1
 
 
 def test_delete_file_removes_it_and_its_bytes(

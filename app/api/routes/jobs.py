@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import JobDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem, not_found
-from app.idempotency import remember, replay
+from app.idempotency import fingerprint, remember, replay
 from app.queue import publisher
 from app.schemas import EventList, EventPublic, JobCreate, JobError, JobList, JobPublic
 from db import catalog
@@ -89,7 +89,10 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Queue a compression job for an uploaded checkpoint; poll it, then download the .pqz."""
-    if idempotency_key and (existing := replay(session, user, idempotency_key, "jobs")):
+    request_sha256 = fingerprint(body.model_dump(mode="json"))
+    if idempotency_key and (
+        existing := replay(session, user, idempotency_key, "jobs", request_sha256)
+    ):
         job = session.get(Job, existing)
         if job is not None:
             response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -113,7 +116,7 @@ def create_job(
     session.flush()
     add_event(session, job.id, "queued", progress=0.0)
     if idempotency_key:
-        remember(session, user, idempotency_key, "jobs", job.id)
+        remember(session, user, idempotency_key, "jobs", job.id, request_sha256)
     session.commit()
     try:
         publisher(settings)(job.id)
