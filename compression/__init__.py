@@ -10,6 +10,7 @@ from compression.errors import (
     CorruptArtifactError,
     InvalidCheckpointError,
     InvalidConfigError,
+    TrainingDivergedError,
     UnsupportedLayerError,
 )
 from compression.kmeans import kmeans, kmeans_1d
@@ -42,6 +43,7 @@ __all__ = [
     "PruneRule",
     "QuantConfig",
     "QuantRule",
+    "TrainingDivergedError",
     "UnsupportedLayerError",
     "build_model",
     "check_state_dict",

@@ -9,6 +9,10 @@ class InvalidConfigError(CompressionError, ValueError):
     """A config, spec or argument has a value outside its rule."""
 
 
+class TrainingDivergedError(CompressionError):
+    """The loss became NaN or infinite: the weights are no longer usable."""
+
+
 class UnsupportedLayerError(CompressionError):
     """A layer or architecture cannot be handled as asked."""
 

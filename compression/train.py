@@ -18,7 +18,7 @@ from torch import nn
 
 from compression.config import TrainConfig
 from compression.data import Dataset, Split, batches
-from compression.errors import InvalidConfigError
+from compression.errors import InvalidConfigError, TrainingDivergedError
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, message)
 # Periodic messages begin with this (every 20 steps); a consumer that has to thin out its
@@ -94,20 +94,27 @@ def train(
                 if teacher is not None:
                     with torch.no_grad():
                         soft = teacher(x).float()
-                    loss = loss + _distillation(logits.float(), soft)
+                    # Hinton's even weighting: with the plain sum, a freshly pruned LeNet-5
+                    # (distillation loss 5.7, cross-entropy 0.19) went to NaN in 9 steps at lr 0.02.
+                    loss = (loss + _distillation(logits.float(), soft)) / 2
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"training diverged: loss {value} at step {step + 1} of {total_steps} "
+                    f"(lr {config.lr}); try a lower learning rate"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            epoch_loss += float(loss.detach())
+            epoch_loss += value
             epoch_batches += 1
             step += 1
             if progress is not None and (step % 20 == 0 or step == total_steps):
                 elapsed = time.perf_counter() - started
                 progress(
                     step / total_steps,
-                    f"{STEP_MESSAGE}{step}/{total_steps}, loss {float(loss.detach()):.3f}, "
-                    f"{elapsed:.0f} s",
+                    f"{STEP_MESSAGE}{step}/{total_steps}, loss {value:.3f}, {elapsed:.0f} s",
                 )
             if step >= total_steps:
                 break

@@ -25,6 +25,7 @@ from compression import (
     CompressionSpec,
     InvalidCheckpointError,
     InvalidConfigError,
+    TrainingDivergedError,
     UnsupportedLayerError,
     build_model,
 )
@@ -157,6 +158,8 @@ def run_job(job_id: str, settings: Settings, *, worker: str) -> None:
         outcome = (JobStatus.failed, ("invalid_spec", str(error)))
     except UnsupportedLayerError as error:
         outcome = (JobStatus.failed, ("unsupported_layer", str(error)))
+    except TrainingDivergedError as error:
+        outcome = (JobStatus.failed, ("training_diverged", str(error)))
     except torch.cuda.OutOfMemoryError as error:
         outcome = (JobStatus.failed, ("out_of_memory", str(error).splitlines()[0]))
     except SoftTimeLimitExceeded:

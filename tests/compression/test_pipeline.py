@@ -16,6 +16,7 @@ from compression import (
     build_model,
     get_mask,
     load_pqz,
+    prune_,
     quantize_,
 )
 from compression.config import FinetuneConfig, TrainConfig
@@ -221,3 +222,25 @@ def test_pruning_progress_never_goes_back(trained: nn.Module, digits: Dataset) -
     assert len(fractions) > 5
     assert fractions == sorted(fractions)
     assert any("(round 2)" in message for _, _, message in seen)
+
+
+def test_training_that_diverges_stops_with_a_clear_error(digits: Dataset) -> None:
+    from compression import TrainingDivergedError
+
+    model = build_model("lenet-300-100")
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"training diverged: loss (nan|inf) at step \d+ of \d+ \(lr 10.0\)",
+    ):
+        train(model, digits, TrainConfig(epochs=2, lr=10.0), device=CPU)
+
+
+def test_distillation_keeps_a_freshly_pruned_model_stable(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    """Retraining right after a deep cut, at a learning rate plain training takes, with the
+    unpruned model as teacher: the loss stays finite and accuracy comes back."""
+    model = copy.deepcopy(trained)
+    prune_(model, PruneConfig(sparsity=0.8))
+    train(model, digits, TrainConfig(epochs=2, lr=0.1), device=CPU, teacher=copy.deepcopy(trained))
+    assert evaluate(model, digits, digits.val, device=CPU) > 0.85
