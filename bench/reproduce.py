@@ -102,34 +102,27 @@ def baseline(
     return path
 
 
-def spec_for(
-    data: str,
-    method: str,
-    schedule: str,
-    tolerance: float | None = None,
-    prune_distill: bool = False,
-    rounds: int | None = None,
-) -> CompressionSpec:
+def spec_for(data: str, method: str, args: argparse.Namespace) -> CompressionSpec:
+    """The row's spec: the settings of the docstring, and the command line's overrides."""
     quantize = (
         QuantConfig(method="kmeans", n_centroids=KMEANS_CENTROIDS)
         if method == "kmeans"
         else QuantConfig()
     )
-    short = schedule == "short" and data == "cifar10"
+    short = args.schedule == "short" and data == "cifar10"
+    epochs = 0.5 if short else RETRAIN_EPOCHS.get(data, 3.0)
     return CompressionSpec(
         data=data,
         prune=PruneConfig(
-            max_accuracy_drop=tolerance or (0.003 if "mnist" in data else 0.005),
-            rounds=rounds or (2 if short else 8),
-            retrain_epochs=0.5 if short else RETRAIN_EPOCHS.get(data, 3.0),
+            max_accuracy_drop=args.prune_tolerance or (0.003 if "mnist" in data else 0.005),
+            rounds=args.rounds or (2 if short else 8),
+            retrain_epochs=epochs,
             retrain_lr=0.02 if "mnist" in data else 0.01,
             scan_samples=1000 if data == "cifar10" else 2000,
-            distill=prune_distill,
+            distill=args.prune_distill,
         ),
         quantize=quantize,
-        finetune=FinetuneConfig(
-            epochs=0.5 if short else RETRAIN_EPOCHS.get(data, 3.0), scope="all", distill=True
-        ),
+        finetune=FinetuneConfig(epochs=args.finetune_epochs or epochs, scope="all", distill=True),
     )
 
 
@@ -145,9 +138,7 @@ def run_row(
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     pruned = Pipeline(
         model,
-        spec_for(
-            data, methods[0], args.schedule, args.prune_tolerance, args.prune_distill, args.rounds
-        ),
+        spec_for(data, methods[0], args),
         dataset,
         device,
     )
@@ -158,11 +149,7 @@ def run_row(
     rows = []
     for method in methods:
         started = time.perf_counter()
-        pipeline = pruned.fork(
-            spec_for(
-                data, method, args.schedule, args.prune_tolerance, args.prune_distill, args.rounds
-            )
-        )
+        pipeline = pruned.fork(spec_for(data, method, args))
         pipeline.quantize()
         pipeline.finetune()
         output = args.workdir / f"{arch}-{dataset.name}-{method}.pqz"
@@ -247,6 +234,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=None, help="pruning rounds (default: 8, 2 on short CIFAR)"
     )
+    parser.add_argument("--finetune-epochs", type=float, default=None, help="default: 3 (12)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)

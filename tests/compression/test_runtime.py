@@ -344,7 +344,14 @@ def test_auto_returns_the_dense_model_when_no_kernel_is_faster(tmp_path: Path) -
     assert compiled is model
     assert set(report.kernels.values()) == {"dense"}
     assert report.resident_bytes == report.dense_resident_bytes
-    assert report.note == "kept dense: no layer had a kernel measured faster than dense"
+    # Usually no layer's kernel wins; on a loaded machine one may win its per-layer timing by
+    # noise, and then the paired whole-model check keeps the dense model: either way, dense.
+    assert report.note.startswith(
+        (
+            "kept dense: no layer had a kernel measured faster than dense",
+            "kept dense: timed while loading",
+        )
+    )
 
 
 def test_load_pqz_errors_speak_to_the_caller(lenet_pqz: Path, tmp_path: Path) -> None:
