@@ -68,12 +68,12 @@ def create_key(
 
     from db.jobs import create_api_key
     from db.migrate import upgrade
-    from db.session import session_scope
+    from db.session import session_scope, sqlite_path
     from db.settings import get_settings
 
     settings = get_settings()
     url = settings.resolved_database_url
-    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    database = sqlite_path(url)
     if database is not None and not database.is_file():
         # A key in a database no server reads would be refused: most likely PQZ_HOME is wrong.
         fail(

@@ -33,6 +33,14 @@ def forget_inherited_connections() -> None:
         engine.dispose(close=False)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory or a server database."""
+    if not url.startswith("sqlite"):
+        return None
+    database = url.split("///", 1)[-1]
+    return Path(database) if database and database != ":memory:" else None
+
+
 def _create(url: str) -> Engine:
     """Both pools hand out the most recently returned connection (LIFO), not the one idle
     longest (FIFO, SQLAlchemy's default). A connection keeps memory sized by the largest
@@ -42,9 +50,9 @@ def _create(url: str) -> Engine:
     (SQLite) or 66 MB (PostgreSQL) instead of 32 MB; LIFO keeps a sequential stream on one.
     """
     if url.startswith("sqlite"):
-        database = url.split("///", 1)[-1]
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        database = sqlite_path(url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         # The API answers from a pool of threads: enough connections that they rarely wait.
         engine = create_engine(
             url,

@@ -145,36 +145,30 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise FileNotFoundError(errno.ENOENT, "output directory does not exist", str(target.parent))
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(target))
-    temporary = target  # named in errors until the temporary file exists
+    # Errors name the user's path, not our temporary one (here: a directory that takes no new
+    # files, such as /proc).
     try:
         handle, name = tempfile.mkstemp(
             dir=target.parent, prefix=f".{target.name}.", suffix=".part"
         )
-        os.close(handle)
-        temporary = Path(name)
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(target)) from None
+    os.close(handle)
+    temporary = Path(name)
+    try:
         yield temporary
         umask = os.umask(0)
         os.umask(umask)
         temporary.chmod(0o666 & ~umask)  # mkstemp's 0600 would surprise a team sharing files
         os.replace(temporary, target)
     except OSError as error:
-        if temporary != target:
-            temporary.unlink(missing_ok=True)
-        if _is_temporary(error.filename, target):  # the user knows their path, not ours
+        temporary.unlink(missing_ok=True)
+        if error.filename == str(temporary):
             raise type(error)(error.errno, error.strerror, str(target)) from None
         raise
     except BaseException:
-        if temporary != target:
-            temporary.unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-
-
-def _is_temporary(filename: object, target: Path) -> bool:
-    """Whether an error's file is (or would have been) `atomic_path`'s temporary file."""
-    if not isinstance(filename, str):
-        return False
-    path = Path(filename)
-    return path.parent == target.parent and path.name.startswith(f".{target.name}.")
 
 
 def read_container(path: str | os.PathLike[str], *, verify: bool = True) -> PqzContainer:

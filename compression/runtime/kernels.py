@@ -307,11 +307,6 @@ class Kernel:
     applies: Callable[[nn.Module, LayerSample], bool] = lambda layer, sample: True
 
 
-def _static_int8(layer: nn.Module, sample: LayerSample, *, engine: str) -> nn.Module:
-    assert isinstance(layer, nn.Conv2d)  # the Kernel's layer_type
-    return Int8StaticConv2d(layer, sample, engine)
-
-
 def _plain_conv(layer: nn.Module, sample: LayerSample) -> bool:
     return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
 
@@ -365,7 +360,7 @@ KERNELS: tuple[Kernel, ...] = (
             tolerance=3e-2,
             devices=CPU,
             layer_type=nn.Conv2d,
-            build=functools.partial(_static_int8, engine=engine),
+            build=functools.partial(Int8StaticConv2d, engine=engine),
             applies=_calibrated,
         )
         for engine in ("fbgemm", "onednn")

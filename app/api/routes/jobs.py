@@ -89,7 +89,7 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Queue a compression job for an uploaded checkpoint; poll it, then download the .pqz."""
-    request_sha256 = fingerprint(body.model_dump(mode="json"))
+    request_sha256 = fingerprint(body.model_dump(mode="json")) if idempotency_key else None
     if idempotency_key and (
         existing := replay(session, user, idempotency_key, "jobs", request_sha256)
     ):
