@@ -162,6 +162,7 @@ class FinetuneSpec(Strict):
     batch_size: Annotated[int, Field(ge=1, le=1 << 16)] = 128
     distill: bool = False
     scope: Literal["codebooks", "all"] = "codebooks"
+    layerwise_epochs: Epochs = 0.0
 
 
 class JobSpec(Strict):

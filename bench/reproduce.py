@@ -8,8 +8,10 @@ Per row: baseline and compressed test accuracy, the drop, weight sparsity, the `
 the real compression ratio (file bytes against fp32 bytes), and time per stage, for product
 quantization and scalar k-means side by side. Baselines are cached in --workdir and reused.
 Beyond CompressionSpec's defaults, `spec_for` passes (for the LeNet rows): 8 pruning rounds,
-masked retraining at lr 0.02 for 3 epochs (12 on the 8,000-image MNIST subset), and fine-tuning
-of codebooks and biases with distillation from the uncompressed model for as many epochs.
+masked retraining at lr 0.02 for 3 epochs (12 on the 8,000-image MNIST subset) with
+distillation from the unpruned model, quantization one layer at a time with two thirds as many
+epochs of training after each, and fine-tuning of codebooks and biases with distillation from
+the uncompressed model for 3 (12) epochs.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ KMEANS_CENTROIDS = 32  # 5-bit codes, as Deep Compression used for fully connect
 
 
 def load(data: str, arch: str, cache: Path, seed: int, val_fraction: float) -> Dataset:
-    split = {"seed": seed, "val_fraction": val_fraction}
+    split: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction}
     if data == "fashion-mnist":
         dataset = load_dataset("fashion-mnist", data_dir=datasets.fashion_mnist_dir(), **split)
     elif data == "mnist10k":
@@ -122,7 +124,14 @@ def spec_for(data: str, method: str, args: argparse.Namespace) -> CompressionSpe
             distill=args.prune_distill,
         ),
         quantize=quantize,
-        finetune=FinetuneConfig(epochs=args.finetune_epochs or epochs, scope="all", distill=True),
+        finetune=FinetuneConfig(
+            epochs=args.finetune_epochs or epochs,
+            scope="all",
+            distill=True,
+            layerwise_epochs=epochs * 2 / 3
+            if args.layerwise_epochs is None
+            else args.layerwise_epochs,
+        ),
     )
 
 
@@ -228,18 +237,25 @@ def main() -> None:
     )
     parser.add_argument(
         "--prune-distill",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="masked retraining also learns from the unpruned model's soft predictions",
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help="pruning rounds (default: 8, 2 on short CIFAR)"
     )
     parser.add_argument("--finetune-epochs", type=float, default=None, help="default: 3 (12)")
+    parser.add_argument(
+        "--layerwise-epochs",
+        type=float,
+        default=None,
+        help="training after each layer's quantization (default: 2 (8); 0 quantizes at once)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    pairs = []
+    pairs: list[tuple[str, ...]] = []
     for item in args.rows.split(","):
         pairs += ROWS[item] if item in ROWS else [tuple(item.split(":"))]
     rows = []

@@ -302,6 +302,11 @@ class FinetuneConfig:
 
     `scope="codebooks"` trains the centroids only; `"all"` also biases, norms and unquantized
     layers. `distill=true` adds a loss towards the uncompressed model's soft predictions.
+
+    `layerwise_epochs > 0` quantizes the layers one at a time, input side first, and trains for
+    that many epochs after each but the last (as "And the Bit Goes Down" and INQ do): the layers
+    still in float, their masks kept, learn to make up for the error of those already
+    quantized, whose codebooks train too. With 0 every layer is quantized at once.
     """
 
     epochs: float = 2.0
@@ -309,9 +314,11 @@ class FinetuneConfig:
     batch_size: int = 128
     distill: bool = False
     scope: Literal["codebooks", "all"] = "codebooks"
+    layerwise_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         check_number(self.epochs, "finetune epochs", low=0.0, high=10_000.0)
+        check_number(self.layerwise_epochs, "finetune layerwise_epochs", low=0.0, high=10_000.0)
         check_number(self.lr, "finetune lr", low=0.0, high=10.0)
         check_number(self.batch_size, "finetune batch_size", low=1, high=1 << 16, integer=True)
         if not isinstance(self.distill, bool):

@@ -22,7 +22,7 @@ from torch import nn
 from compression.config import CompressionSpec, TrainConfig
 from compression.data import Dataset
 from compression.finetune import finetune
-from compression.pq import default_block_size, quantize_
+from compression.pq import LayerQuantization, default_block_size, quantize_
 from compression.pqz import PqzInfo, save_pqz
 from compression.prune import clone_model, get_mask, prunable_layers, prune_, weight_of
 from compression.scan import prune_by_scan_
@@ -116,9 +116,12 @@ class Pipeline:
 
     def quantize(self) -> None:
         started = time.perf_counter()
-        layers = prunable_layers(self.model)
-        self.report("quantize")(0.0, f"{self.spec.quantize.method} on {len(layers)} layers")
-        results = quantize_(self.model, self.spec.quantize)
+        if self.dataset is not None and self.spec.finetune.layerwise_epochs > 0:
+            results = self._quantize_layerwise()
+        else:
+            layers = prunable_layers(self.model)
+            self.report("quantize")(0.0, f"{self.spec.quantize.method} on {len(layers)} layers")
+            results = quantize_(self.model, self.spec.quantize)
         self.metrics["quantize"] = {"layers": [dataclasses.asdict(layer) for layer in results]}
         if self.dataset is not None:
             accuracy = evaluate(self.model, self.dataset, self.dataset.val, device=self.device)
@@ -160,6 +163,39 @@ class Pipeline:
         )
         self._done("package", started)
         return info
+
+    def _quantize_layerwise(self) -> list[LayerQuantization]:
+        """One layer at a time, input side first, with training between (FinetuneConfig)."""
+        assert self.dataset is not None
+        report = self.report("quantize")
+        names = [name for name, _, _ in prunable_layers(self.model)]
+        # Every parameter trains between steps: the float layers are the ones that compensate.
+        between = dataclasses.replace(
+            self.spec.finetune, epochs=self.spec.finetune.layerwise_epochs, scope="all"
+        )
+        results: list[LayerQuantization] = []
+        for index, name in enumerate(names):
+            report(index / len(names), f"{self.spec.quantize.method} on {name}")
+            layer = quantize_(self.model, self.spec.quantize, names={name})
+            results += layer
+            if index == len(names) - 1 or layer[0].encoding not in ("pq", "kmeans"):
+                continue  # the last layer's errors are left to the fine-tuning stage
+
+            def within_step(
+                fraction: float, message: str, index: int = index, name: str = name
+            ) -> None:
+                report((index + fraction) / len(names), f"{message} (after {name})")
+
+            finetune(
+                self.model,
+                self.dataset,
+                between,
+                device=self.device,
+                seed=self.spec.seed + index,
+                teacher=self.teacher,
+                progress=within_step,
+            )
+        return results
 
     def _accuracies(self) -> dict[str, float]:
         assert self.dataset is not None

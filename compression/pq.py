@@ -12,6 +12,7 @@ the codebook, so fine-tuning can train the centroids while codes and masks stay 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -116,10 +117,15 @@ def default_block_size(module: nn.Module) -> int:
     return 4
 
 
-def quantize_(model: nn.Module, config: QuantConfig) -> list[LayerQuantization]:
-    """Quantize every Linear and Conv2d weight of `model` in place, by the config's rules."""
+def quantize_(
+    model: nn.Module, config: QuantConfig, *, names: Collection[str] | None = None
+) -> list[LayerQuantization]:
+    """Quantize every Linear and Conv2d weight of `model` in place, by the config's rules; with
+    `names`, only those layers (the others are left as they are)."""
     results = []
     for name, module, type_name in prunable_layers(model):
+        if names is not None and name not in names:
+            continue
         rule = config.rule_for(name, type_name)
         if any(isinstance(p, ProductQuantized) for p in parametrizations_of(module) or ()):
             raise UnsupportedLayerError(f"layer '{name}' is already quantized")

@@ -44,6 +44,10 @@ def test_spec_round_trips_through_dict() -> None:
         ({"finetune": {"epochs": -1}}, "finetune epochs -1 is outside [0, 10000]"),
         ({"finetune": {"distill": "yes"}}, "finetune distill must be true or false, got 'yes'"),
         ({"finetune": {"scope": "head"}}, "finetune scope 'head' is not one of codebooks, all"),
+        (
+            {"finetune": {"layerwise_epochs": -0.5}},
+            "finetune layerwise_epochs -0.5 is outside [0, 10000]",
+        ),
         ({"prune": {"max_accuracy_drop": 2}}, "max_accuracy_drop 2 is outside [0, 1]"),
         ({"prune": {"rounds": 1.5}}, "rounds must be an integer, got 1.5"),
         ({"device": "tpu"}, "device 'tpu' is not auto, cpu, cuda or cuda:N"),

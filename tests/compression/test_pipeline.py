@@ -22,8 +22,8 @@ from compression import (
 from compression.config import FinetuneConfig, TrainConfig
 from compression.data import Dataset, fit_to, load_dataset
 from compression.finetune import codebooks, finetune
-from compression.pipeline import compress_model, prune_block_sizes
-from compression.prune import prunable_layers
+from compression.pipeline import Pipeline, compress_model, prune_block_sizes
+from compression.prune import clone_model, prunable_layers
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, train
 
@@ -162,6 +162,37 @@ def test_pipeline_writes_a_pqz_whose_accuracy_is_what_it_reports(
 def test_pipeline_prunes_in_the_quantizers_sub_vectors(method: str, sizes: dict[str, int]) -> None:
     spec = CompressionSpec(quantize=QuantConfig(method=method))  # type: ignore[arg-type]
     assert prune_block_sizes(build_model("lenet-5"), spec) == sizes
+
+
+def test_layerwise_quantization_trains_the_float_layers_between_steps(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    """`finetune.layerwise_epochs`: fc1 is quantized from the trained weights as at once; fc2 and
+    fc3 only after training has made up for fc1's error, so from other weights."""
+    model = copy.deepcopy(trained)
+    prune_(model, PruneConfig(sparsity=0.8))
+    zeros = {name: (module.weight == 0).clone() for name, module, _ in prunable_layers(model)}
+    quant = QuantConfig(n_centroids=4)
+    at_once = clone_model(model)  # deepcopy would share the parametrized classes
+    quantize_(at_once, quant)
+    spec = CompressionSpec(
+        data="digits", prune=None, quantize=quant, finetune=FinetuneConfig(layerwise_epochs=2)
+    )
+    pipeline = Pipeline(model, spec, digits, CPU)
+    pipeline.quantize()
+
+    layers = pipeline.metrics["quantize"]["layers"]
+    assert [layer["name"] for layer in layers] == ["fc1", "fc2", "fc3"]
+    assert all(layer["encoding"] == "pq" for layer in layers)
+    (_, first), *_, (_, last) = codebooks(model)
+    (_, first_at_once), *_, (_, last_at_once) = codebooks(at_once)
+    assert torch.equal(first.codes, first_at_once.codes)
+    assert not torch.equal(last.codes, last_at_once.codes)
+    for name, module, _ in prunable_layers(model):
+        assert torch.equal(module.weight == 0, zeros[name]), name
+    assert pipeline.metrics["quantize"]["val_accuracy"] > evaluate(
+        at_once, digits, digits.val, device=CPU
+    )
 
 
 def test_finetuning_everything_rounds_biases_to_what_the_file_stores(

@@ -31,7 +31,7 @@ SPECS: list[dict[str, Any]] = [
         }
     },
     {"quantize": {"fallback_dtype": "float16", "modules": {"conv.*": None}}},
-    {"finetune": {"epochs": 0, "distill": True, "scope": "all"}},
+    {"finetune": {"epochs": 0, "distill": True, "scope": "all", "layerwise_epochs": 0.5}},
     {"finetune": {"epochs": 3, "lr": 1}, "prune": {"retrain_epochs": 1, "retrain_lr": 0.5}},
     {"prune": {"threshold": 0, "max_accuracy_drop": 1, "modules": {"fc1": {"sparsity": 0}}}},
     # invalid from here on
@@ -52,6 +52,7 @@ SPECS: list[dict[str, Any]] = [
     {"finetune": {"epochs": -1}},
     {"finetune": {"distill": "yes"}},
     {"finetune": {"scope": "head"}},
+    {"finetune": {"layerwise_epochs": -1}},
     {"device": "tpu"},
     {"seed": -1},
     {"num_classes": 0},
