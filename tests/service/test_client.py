@@ -98,6 +98,6 @@ def test_submit_with_an_invalid_spec_says_so_before_uploading(
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: invalid spec: unknown field 'lrate' in spec.finetune "
-        "(allowed: epochs, lr, batch_size, distill, scope)"
+        "(allowed: epochs, lr, batch_size, distill, scope, layerwise_epochs)"
     )
     assert _stored(settings) == (0, 0, 0)
