@@ -18,13 +18,21 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from compression.config import CompressionSpec, TrainConfig
 from compression.data import Dataset
 from compression.finetune import finetune
 from compression.pq import LayerQuantization, default_block_size, quantize_
 from compression.pqz import PqzInfo, save_pqz
-from compression.prune import clone_model, get_mask, prunable_layers, prune_, weight_of
+from compression.prune import (
+    clone_model,
+    get_mask,
+    original_of,
+    prunable_layers,
+    prune_,
+    weight_of,
+)
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, train
 
@@ -168,34 +176,55 @@ class Pipeline:
         """One layer at a time, input side first, with training between (FinetuneConfig)."""
         assert self.dataset is not None
         report = self.report("quantize")
-        names = [name for name, _, _ in prunable_layers(self.model)]
+        modules = {name: module for name, module, _ in prunable_layers(self.model)}
+        names = list(modules)
+        results: list[LayerQuantization] = []
+        # A layer kept in float is final once reached (it was rounded to what the file stores).
+        settled: list[torch.Tensor] = []
+        try:
+            for index, name in enumerate(names):
+                report(index / len(names), f"{self.spec.quantize.method} on {name}")
+                layer = quantize_(self.model, self.spec.quantize, names={name})
+                results += layer
+                if layer[0].encoding not in ("pq", "kmeans"):
+                    module = modules[name]
+                    weight = (
+                        original_of(module)
+                        if parametrize.is_parametrized(module, "weight")
+                        else weight_of(module)
+                    )
+                    if weight.requires_grad:
+                        weight.requires_grad_(False)
+                        settled.append(weight)
+                    continue
+                if index < len(names) - 1:  # the last layer's error is left to fine-tuning
+                    self._train_between(names, index, report)
+        finally:
+            for weight in settled:
+                weight.requires_grad_(True)
+        return results
+
+    def _train_between(
+        self, names: list[str], index: int, report: Callable[[float, str], None]
+    ) -> None:
+        assert self.dataset is not None
         # Every parameter trains between steps: the float layers are the ones that compensate.
         between = dataclasses.replace(
             self.spec.finetune, epochs=self.spec.finetune.layerwise_epochs, scope="all"
         )
-        results: list[LayerQuantization] = []
-        for index, name in enumerate(names):
-            report(index / len(names), f"{self.spec.quantize.method} on {name}")
-            layer = quantize_(self.model, self.spec.quantize, names={name})
-            results += layer
-            if index == len(names) - 1 or layer[0].encoding not in ("pq", "kmeans"):
-                continue  # the last layer's errors are left to the fine-tuning stage
 
-            def within_step(
-                fraction: float, message: str, index: int = index, name: str = name
-            ) -> None:
-                report((index + fraction) / len(names), f"{message} (after {name})")
+        def within_step(fraction: float, message: str) -> None:
+            report((index + fraction) / len(names), f"{message} (after {names[index]})")
 
-            finetune(
-                self.model,
-                self.dataset,
-                between,
-                device=self.device,
-                seed=self.spec.seed + index,
-                teacher=self.teacher,
-                progress=within_step,
-            )
-        return results
+        finetune(
+            self.model,
+            self.dataset,
+            between,
+            device=self.device,
+            seed=self.spec.seed + index,
+            teacher=self.teacher,
+            progress=within_step,
+        )
 
     def _accuracies(self) -> dict[str, float]:
         assert self.dataset is not None

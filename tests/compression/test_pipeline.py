@@ -195,6 +195,30 @@ def test_layerwise_quantization_trains_the_float_layers_between_steps(
     )
 
 
+@pytest.mark.parametrize("pruned", [True, False])
+def test_layerwise_quantization_leaves_a_layer_kept_in_float_as_the_file_stores_it(
+    trained: nn.Module, digits: Dataset, pruned: bool
+) -> None:
+    model = copy.deepcopy(trained)
+    if pruned:
+        prune_(model, PruneConfig(sparsity=0.5))
+    quant = QuantConfig(n_centroids=4, modules={"fc1": None}, fallback_dtype="float16")
+    spec = CompressionSpec(
+        data="digits", prune=None, quantize=quant, finetune=FinetuneConfig(layerwise_epochs=1)
+    )
+    pipeline = Pipeline(model, spec, digits, CPU)
+    pipeline.quantize()
+
+    assert [layer["encoding"] for layer in pipeline.metrics["quantize"]["layers"]] == [
+        "float16",
+        "pq",
+        "pq",
+    ]
+    weight = model.fc1.weight.detach()  # fc2's step trained the model after fc1 was kept
+    assert torch.equal(weight, weight.half().float())
+    assert all(parameter.requires_grad for parameter in model.parameters())
+
+
 def test_finetuning_everything_rounds_biases_to_what_the_file_stores(
     trained: nn.Module, digits: Dataset
 ) -> None:
