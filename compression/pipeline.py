@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from compression.config import CompressionSpec, TrainConfig
 from compression.data import Dataset
@@ -28,9 +27,9 @@ from compression.pqz import PqzInfo, save_pqz
 from compression.prune import (
     clone_model,
     get_mask,
-    original_of,
     prunable_layers,
     prune_,
+    stored_weight,
     weight_of,
 )
 from compression.scan import prune_by_scan_
@@ -187,12 +186,7 @@ class Pipeline:
                 layer = quantize_(self.model, self.spec.quantize, names={name})
                 results += layer
                 if layer[0].encoding not in ("pq", "kmeans"):
-                    module = modules[name]
-                    weight = (
-                        original_of(module)
-                        if parametrize.is_parametrized(module, "weight")
-                        else weight_of(module)
-                    )
+                    weight = stored_weight(modules[name])
                     if weight.requires_grad:
                         weight.requires_grad_(False)
                         settled.append(weight)

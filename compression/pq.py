@@ -24,9 +24,9 @@ from compression.errors import UnsupportedLayerError
 from compression.kmeans import kmeans, kmeans_1d
 from compression.prune import (
     get_mask,
-    original_of,
     parametrizations_of,
     prunable_layers,
+    stored_weight,
     weight_of,
 )
 
@@ -217,11 +217,7 @@ def _keep(name: str, module: nn.Module, config: QuantConfig, note: str) -> Layer
     before = weight.float().clone()
     if config.fallback_dtype == "float16":
         with torch.no_grad():
-            target = (
-                original_of(module)
-                if parametrize.is_parametrized(module, "weight")
-                else weight_of(module)
-            )
+            target = stored_weight(module)
             target.copy_(target.to(torch.float16).to(target.dtype))
     after = weight_of(module).detach().float()
     return LayerQuantization(

@@ -85,6 +85,14 @@ def original_of(module: nn.Module) -> torch.Tensor:
     return original
 
 
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The tensor training updates for the layer's weight: a parametrization's original (the
+    masked weight, or a codebook), else the plain weight."""
+    if parametrize.is_parametrized(module, "weight"):
+        return original_of(module)
+    return weight_of(module)
+
+
 def get_mask(module: nn.Module) -> torch.Tensor | None:
     """The layer's pruning mask (True = kept), or None if it has none."""
     for parametrization in parametrizations_of(module) or ():
