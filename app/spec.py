@@ -174,6 +174,7 @@ class JobSpec(Strict):
     prune: PruneSpec | None = Field(default_factory=PruneSpec)
     quantize: QuantSpec = Field(default_factory=QuantSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    augment: Literal["auto", "none", "shift", "crop-flip"] = "auto"
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 

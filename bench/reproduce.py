@@ -11,7 +11,8 @@ Beyond CompressionSpec's defaults, `spec_for` passes (for the LeNet rows): 8 pru
 masked retraining at lr 0.02 for 3 epochs (12 on the 8,000-image MNIST subset) with
 distillation from the unpruned model, quantization one layer at a time with two thirds as many
 epochs of training after each, and fine-tuning of codebooks and biases with distillation from
-the uncompressed model for 3 (12) epochs.
+the uncompressed model for 3 (12) epochs. On the MNIST subset every training pass, the
+baselines' included, shifts its images by up to 2 pixels (`augment`: "shift").
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets
 
 from compression import CompressionSpec, build_model, get_architecture
-from compression.config import FinetuneConfig, PruneConfig, QuantConfig, TrainConfig
+from compression.config import (
+    AUGMENTS,
+    Augment,
+    FinetuneConfig,
+    PruneConfig,
+    QuantConfig,
+    TrainConfig,
+)
 from compression.data import Dataset, fit_to, load_dataset
 from compression.pipeline import Pipeline
 from compression.train import evaluate, train
@@ -57,6 +65,10 @@ EPOCHS = {
 # Retraining and fine-tuning epochs: the MNIST subset (8,000 training images) gets about as
 # many steps as 3 epochs of Fashion-MNIST's 54,000.
 RETRAIN_EPOCHS = {"mnist10k": 12.0}
+# Augmentation of every training pass, baselines included: the MNIST subset's 8,000 images
+# are few enough that both LeNets overfit them without it (LeNet-300-100 tests at 95.0%
+# trained plainly, 97.5% with shifts; LeNet-5 97.3% and 98.9%); elsewhere the data set's own.
+AUGMENT = {"mnist10k": "shift"}
 KMEANS_CENTROIDS = 32  # 5-bit codes, as Deep Compression used for fully connected layers
 
 
@@ -84,17 +96,20 @@ def baseline(
     device: torch.device,
     seed: int,
     val_fraction: float,
+    augment: Augment = "auto",
 ) -> Path:
     # Keyed by the split too: a baseline must never have trained on the validation images.
     held_out = "" if val_fraction == 0.1 else f"-val{val_fraction:g}"
-    path = workdir / f"{arch}-{dataset.name}-{epochs}ep{held_out}.pt"
+    augmented = "" if augment == "auto" else f"-{augment}"
+    path = workdir / f"{arch}-{dataset.name}-{epochs}ep{held_out}{augmented}.pt"
     if path.exists():
         return path
     torch.manual_seed(seed)
     model = build_model(arch, dataset.num_classes)
     lr = 0.05 if "lenet" in arch else 0.1
     started = time.perf_counter()
-    train(model, dataset, TrainConfig(epochs=epochs, lr=lr), device=device, seed=seed)
+    config = TrainConfig(epochs=epochs, lr=lr, augment=augment)
+    train(model, dataset, config, device=device, seed=seed)
     accuracy = evaluate(model, dataset, dataset.test, device=device)
     print(
         f"  trained {path.name}: test {accuracy:.4f} in {time.perf_counter() - started:.0f} s",
@@ -115,6 +130,7 @@ def spec_for(data: str, method: str, args: argparse.Namespace) -> CompressionSpe
     epochs = 0.5 if short else RETRAIN_EPOCHS.get(data, 3.0)
     return CompressionSpec(
         data=data,
+        augment=augment_for(data, args),
         prune=PruneConfig(
             max_accuracy_drop=args.prune_tolerance or (0.003 if "mnist" in data else 0.005),
             rounds=args.rounds or (2 if short else 8),
@@ -135,6 +151,11 @@ def spec_for(data: str, method: str, args: argparse.Namespace) -> CompressionSpe
     )
 
 
+def augment_for(data: str, args: argparse.Namespace) -> Augment:
+    augment: Augment = args.augment or AUGMENT.get(data, "auto")
+    return augment
+
+
 def run_row(
     arch: str, data: str, methods: list[str], args: argparse.Namespace, device: torch.device
 ) -> list[dict[str, Any]]:
@@ -142,7 +163,10 @@ def run_row(
     val_fraction = args.val_fraction
     dataset = load(data, arch, args.workdir / "data", args.seed, val_fraction)
     epochs = EPOCHS[args.schedule][data]
-    checkpoint = baseline(arch, dataset, epochs, args.workdir, device, args.seed, val_fraction)
+    augment = augment_for(data, args)
+    checkpoint = baseline(
+        arch, dataset, epochs, args.workdir, device, args.seed, val_fraction, augment
+    )
     model = build_model(arch, dataset.num_classes)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     pruned = Pipeline(
@@ -182,6 +206,7 @@ def run_row(
             "device": str(device),
             "schedule": args.schedule,
             "baseline_epochs": epochs,
+            "augment": augment,
             "val_samples": len(dataset.val),
         }
         print(json.dumps(row), flush=True)
@@ -243,6 +268,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help="pruning rounds (default: 8, 2 on short CIFAR)"
+    )
+    parser.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default=None,
+        help="every training pass, baselines included (default: shift on the MNIST subset, "
+        "else auto)",
     )
     parser.add_argument("--finetune-epochs", type=float, default=None, help="default: 3 (12)")
     parser.add_argument(

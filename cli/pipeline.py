@@ -39,6 +39,13 @@ class Method(StrEnum):
     kmeans = "kmeans"
 
 
+class Augmentation(StrEnum):  # compression.config.AUGMENTS (the CLI imports torch lazily)
+    auto = "auto"
+    none = "none"
+    shift = "shift"
+    crop_flip = "crop-flip"
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Where built-in data sets live (default: $PQZ_DATA_DIR).")
@@ -47,6 +54,13 @@ DownloadOption = Annotated[
     bool, typer.Option(help="Allow downloading a built-in data set that is not on disk.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+AugmentOption = Annotated[
+    Augmentation | None,
+    typer.Option(
+        help="Augment training batches: shift (by up to 2 pixels), crop-flip, none; "
+        "default: auto (crop-flip for colour images, none for grey)."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +81,7 @@ def train(
     download: DownloadOption = False,
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seeds weights, splits and batches.")] = 0,
+    augment: AugmentOption = None,
     json_output: JsonOption = False,
     force: ForceOption = False,
 ) -> None:
@@ -80,7 +95,9 @@ def train(
     from compression.train import evaluate as accuracy
     from compression.train import train as fit
 
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)
+    config = TrainConfig(
+        epochs=epochs, lr=lr, batch_size=batch_size, augment=(augment or Augmentation.auto).value
+    )
     target = _device(device)
     dataset = _dataset(data, data_dir, download, arch, seed)
     torch.manual_seed(seed)
@@ -103,6 +120,7 @@ def train(
         "arch": arch,
         "data": data,
         "epochs": epochs,
+        "augment": config.augment,
         "val_accuracy": accuracy(model, dataset, dataset.val, device=target),
         "accuracy": accuracy(model, dataset, dataset.test, device=target),
         "n": len(dataset.test),
@@ -211,6 +229,7 @@ def compress(
         int | None, typer.Option(help="Sub-vector size d (default per layer).")
     ] = None,
     centroids: Annotated[int | None, typer.Option(help="Centroids per layer, 2..256.")] = None,
+    augment: AugmentOption = None,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
@@ -236,6 +255,7 @@ def compress(
         method,
         block_size,
         centroids,
+        augment,
     )
     target = _device(device if device != "auto" else config.device)
     dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None
@@ -295,6 +315,7 @@ def _spec(
     method: Method | None,
     block_size: int | None,
     centroids: int | None,
+    augment: Augmentation | None = None,
 ) -> CompressionSpec:
     """The spec file (or defaults), with the command line's options taking precedence."""
     from compression import CompressionSpec, InvalidConfigError
@@ -307,7 +328,11 @@ def _spec(
         except json.JSONDecodeError as error:
             raise InvalidConfigError(f"spec {path} is not valid JSON: {error}") from None
     config = dataclasses.replace(
-        config, arch=arch, data=data or config.data, num_classes=num_classes or config.num_classes
+        config,
+        arch=arch,
+        data=data or config.data,
+        num_classes=num_classes or config.num_classes,
+        augment=augment.value if augment is not None else config.augment,
     )
     prune: dict[str, Any] = {}
     if sparsity is not None or threshold is not None:

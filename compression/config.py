@@ -18,6 +18,11 @@ from compression.errors import InvalidConfigError
 SUPPORTED_LAYER_TYPES = ("Linear", "Conv2d")
 MAX_CENTROIDS = 256  # codes are stored in 8 bits or fewer
 MAX_BLOCK_SIZE = 64
+# What training does to each batch of images: "auto" is the data set's own recipe (random
+# crops and flips for colour images, nothing for grey ones); "shift" moves each image by up to
+# 2 pixels each way, for centred grey images such as digits, where a flip changes the class.
+Augment = Literal["auto", "none", "shift", "crop-flip"]
+AUGMENTS: tuple[Augment, ...] = ("auto", "none", "shift", "crop-flip")
 
 Rule = TypeVar("Rule")
 
@@ -278,6 +283,7 @@ class TrainConfig:
     """One training run: `epochs` passes of SGD with Nesterov momentum (or Adam), cosine lr.
 
     `lr=0.05, epochs=2` over 1,000 steps per epoch starts at 0.05 and ends near 0 after 2,000.
+    `augment` says what each batch goes through (see `Augment`).
     """
 
     epochs: float = 10.0
@@ -286,6 +292,7 @@ class TrainConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    augment: Augment = "auto"
 
     def __post_init__(self) -> None:
         check_number(self.epochs, "epochs", low=0.0, high=10_000.0)
@@ -294,6 +301,7 @@ class TrainConfig:
         check_choice(self.optimizer, "optimizer", ("sgd", "adam"))
         check_number(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
         check_number(self.weight_decay, "weight_decay", low=0.0, high=1.0)
+        check_choice(self.augment, "augment", AUGMENTS)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -342,7 +350,9 @@ class CompressionSpec:
     Without `data` the job is post-training: prune by `prune.sparsity` / `prune.threshold` (or
     not at all), then quantize; no accuracy is claimed. With `data` it runs the thesis pipeline:
     baseline, threshold-scan pruning with retraining, quantization, codebook fine-tuning.
-    `prune: null` skips pruning altogether.
+    `prune: null` skips pruning altogether. `augment` applies to every training pass of the job
+    (retraining, layer-wise training, fine-tuning); give the baseline the same, or the
+    compressed model may win accuracy only because it was trained with more regularisation.
     """
 
     arch: str | None = None
@@ -351,10 +361,12 @@ class CompressionSpec:
     prune: PruneConfig | None = field(default_factory=PruneConfig)
     quantize: QuantConfig = field(default_factory=QuantConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    augment: Augment = "auto"
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_choice(self.augment, "augment", AUGMENTS)
         for name in ("arch", "data"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -375,6 +387,7 @@ class CompressionSpec:
             "prune": None if self.prune is None else self.prune.to_dict(),
             "quantize": self.quantize.to_dict(),
             "finetune": self.finetune.to_dict(),
+            "augment": self.augment,
             "seed": self.seed,
             "device": self.device,
         }

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compression.config import Augment
 from compression.errors import InvalidConfigError
 
 BUILT_IN = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
@@ -53,7 +54,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: bool  # random crop and flip while training (the usual CIFAR recipe)
+    augment: bool  # the data set's own recipe is crop-and-flip (CIFAR); see `resolve_augment`
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -134,6 +135,13 @@ def fit_to(dataset: Dataset, input_shape: tuple[int, ...], resizes: bool, arch: 
     )
 
 
+def resolve_augment(augment: Augment, dataset: Dataset) -> Augment:
+    """`auto` made concrete for `dataset`: crop-flip where that is its recipe, else none."""
+    if augment == "auto":
+        return "crop-flip" if dataset.augment else "none"
+    return augment
+
+
 def batches(
     dataset: Dataset,
     split: Split,
@@ -141,10 +149,12 @@ def batches(
     batch_size: int,
     device: torch.device,
     shuffle: bool = False,
-    augment: bool = False,
+    augment: Augment = "none",
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float batches (batch, c, h, w) and labels, on `device`."""
+    """Normalised float batches (batch, c, h, w) and labels, on `device`, augmented as asked
+    (`auto` as `resolve_augment` says)."""
+    augment = resolve_augment(augment, dataset)
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
@@ -152,20 +162,34 @@ def batches(
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
         x = split.x[index].to(device, non_blocking=True).float().div_(255.0)  # (b, c, h, w)
-        if augment:
+        if augment == "crop-flip":
             x = _crop_and_flip(x, generator)
+        elif augment == "shift":
+            x = _translate(x, 2, "constant", generator)
         yield (x - mean) / std, split.y[index].to(device, non_blocking=True)
 
 
 def _crop_and_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Random 4-pixel-padded crops and horizontal flips, one draw per image."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")  # (b, c, h + 8, w + 8)
-    dy, dx = torch.randint(0, 9, (2, b), generator=generator).tolist()
-    crops = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-    flip = torch.rand(b, generator=generator) < 0.5
+    crops = _translate(x, 4, "reflect", generator)
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
     crops[flip.to(x.device)] = crops[flip.to(x.device)].flip(3)
     return crops
+
+
+def _translate(
+    x: torch.Tensor, pad: int, mode: str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Each image moved by its own random offset of up to `pad` pixels each way; the edge is
+    filled by `mode` (`constant`: black, the background of digits; `reflect`)."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode)  # (b, c, h + 2 pad, w + 2 pad)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)  # (b,) each
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (b, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (b, 1, 1, w)
+    images = torch.arange(b, device=x.device)[:, None, None, None]  # (b, 1, 1, 1)
+    channels = torch.arange(c, device=x.device)[None, :, None, None]  # (1, c, 1, 1)
+    return padded[images, channels, rows, cols]  # (b, c, h, w)
 
 
 def _statistics(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compression.config import FinetuneConfig, TrainConfig
+from compression.config import Augment, FinetuneConfig, TrainConfig
 from compression.data import Dataset
 from compression.pq import ProductQuantized
 from compression.prune import original_of, parametrizations_of, prunable_layers
@@ -39,8 +39,9 @@ def finetune(
     seed: int = 0,
     teacher: nn.Module | None = None,
     progress: Progress | None = None,
+    augment: Augment = "auto",
 ) -> list[float]:
-    """Fine-tune in place; returns the mean loss of each epoch."""
+    """Fine-tune in place (batches augmented as `augment` says); returns each epoch's mean loss."""
     pairs = codebooks(model)
     handles = []
     for codebook, quantizer in pairs:
@@ -65,6 +66,7 @@ def finetune(
                 batch_size=config.batch_size,
                 optimizer="adam",
                 weight_decay=0.0,
+                augment=augment,
             ),
             device=device,
             seed=seed,

@@ -147,6 +147,7 @@ class Pipeline:
             seed=self.spec.seed,
             teacher=self.teacher,
             progress=self.report("finetune"),
+            augment=self.spec.augment,
         )
         self.metrics["finetune"] = {"epoch_loss": losses}
         self.metrics["final"] = self._accuracies()
@@ -218,6 +219,7 @@ class Pipeline:
             seed=self.spec.seed + index,
             teacher=self.teacher,
             progress=within_step,
+            augment=self.spec.augment,
         )
 
     def _accuracies(self) -> dict[str, float]:
@@ -236,7 +238,9 @@ class Pipeline:
         config, dataset, device, model = self.spec.prune, self.dataset, self.device, self.model
         assert config is not None
         report = self.report("prune")
-        retrain = TrainConfig(epochs=config.retrain_epochs, lr=config.retrain_lr)
+        retrain = TrainConfig(
+            epochs=config.retrain_epochs, lr=config.retrain_lr, augment=self.spec.augment
+        )
         teacher = self.teacher if config.distill else None
         block_sizes = prune_block_sizes(model, self.spec)
         if dataset is None or config.sparsity is not None or config.threshold is not None:

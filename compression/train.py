@@ -87,7 +87,7 @@ def train(
     started = time.perf_counter()
     while step < total_steps:
         epoch_loss, epoch_batches = 0.0, 0
-        for x, y in _epoch(dataset, config.batch_size, device, generator):
+        for x, y in _epoch(dataset, config, device, generator):
             with autocast(device):
                 logits = model(x)  # (batch, classes)
                 loss = F.cross_entropy(logits.float(), y)
@@ -124,15 +124,15 @@ def train(
 
 
 def _epoch(
-    dataset: Dataset, batch_size: int, device: torch.device, generator: torch.Generator
+    dataset: Dataset, config: TrainConfig, device: torch.device, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     return batches(
         dataset,
         dataset.train,
-        batch_size=batch_size,
+        batch_size=config.batch_size,
         device=device,
         shuffle=True,
-        augment=dataset.augment,
+        augment=config.augment,
         generator=generator,
     )
 

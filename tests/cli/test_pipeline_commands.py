@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cli.test_local_commands import run
 
@@ -38,6 +39,20 @@ def test_train_reports_accuracy_and_eval_agrees(trained: tuple[Path, dict[str, o
     assert json.loads(result.stdout)["accuracy"] == summary["accuracy"]
 
 
+def test_train_augments_as_asked(tmp_path: Path) -> None:
+    args = ("train", "--arch", "lenet-300-100", "--data", "digits", "--epochs", "1", "--json")
+    plain = run(*args, "-o", str(tmp_path / "plain.pt"))
+    shifted = run(*args, "--augment", "shift", "-o", str(tmp_path / "shifted.pt"))
+    assert plain.returncode == shifted.returncode == 0, plain.stderr + shifted.stderr
+    assert json.loads(plain.stdout)["augment"] == "auto"
+    assert json.loads(shifted.stdout)["augment"] == "shift"
+    # Same seed, other batches: the two models differ.
+    weights = [
+        torch.load(tmp_path / f"{name}.pt", weights_only=True) for name in ("plain", "shifted")
+    ]
+    assert not torch.equal(weights[0]["fc1.weight"], weights[1]["fc1.weight"])
+
+
 def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     trained: tuple[Path, dict[str, object]], tmp_path: Path
 ) -> None:
@@ -61,6 +76,8 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         "digits",
         "--spec",
         str(spec),
+        "--augment",
+        "shift",
         "--json",
         "-o",
         str(out),
@@ -69,6 +86,7 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     info = json.loads(result.stdout)
     final = info["metrics"]["final"]
     assert info["spec"]["data"] == "digits"
+    assert info["spec"]["augment"] == "shift"  # the option overrides the spec file's default
     assert info["spec"]["prune"]["rounds"] == 1
     evaluated = run("eval", str(out), "--data", "digits", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
@@ -99,6 +117,11 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             ["compress", "{ckpt}", "--arch", "lenet-300-100", "--spec", "{spec}", "-o", "{out}"],
             1,
             "unknown field 'epoch' in spec.finetune",
+        ),
+        (
+            ["train", "--arch", "lenet-300-100", "--data", "digits", "--augment", "flip"],
+            2,
+            "Invalid value for '--augment': Value error, 'flip' is not one of 'auto'",
         ),
     ],
 )

@@ -51,6 +51,7 @@ def test_spec_round_trips_through_dict() -> None:
         ({"prune": {"max_accuracy_drop": 2}}, "max_accuracy_drop 2 is outside [0, 1]"),
         ({"prune": {"rounds": 1.5}}, "rounds must be an integer, got 1.5"),
         ({"device": "tpu"}, "device 'tpu' is not auto, cpu, cuda or cuda:N"),
+        ({"augment": "mixup"}, "augment 'mixup' is not one of auto, none, shift, crop-flip"),
         ({"arch": ""}, "arch must be a non-empty string, got ''"),
         ({"num_classes": 0}, "num_classes 0 is outside [1, 1048576]"),
         ([], "spec must be an object, got list"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compression import InvalidConfigError
-from compression.data import batches, fit_to, load_dataset
+from compression.data import Dataset, Split, batches, fit_to, load_dataset, resolve_augment
 
 
 def test_digits_has_disjoint_train_val_test_splits() -> None:
@@ -43,6 +43,63 @@ def test_batches_are_normalised_and_cover_the_split() -> None:
         means.append(float(x.mean()))
     assert seen == len(dataset.train)
     assert abs(float(np.mean(means))) < 0.1
+
+
+def _raw_batch(dataset: Dataset, augment: str, seed: int = 0) -> torch.Tensor:
+    """The first training batch of `dataset` (unshuffled), de-normalised back to 0..1."""
+    x, _ = next(
+        batches(
+            dataset,
+            dataset.train,
+            batch_size=64,
+            device=torch.device("cpu"),
+            augment=augment,  # type: ignore[arg-type]
+            generator=torch.Generator().manual_seed(seed),
+        )
+    )
+    mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.std).view(1, -1, 1, 1)
+    return x * std + mean  # (64, c, h, w)
+
+
+def test_shift_moves_each_image_by_at_most_two_pixels_over_a_black_edge() -> None:
+    dataset = load_dataset("digits")
+    original = dataset.train.x[:64].float() / 255.0  # (64, 1, 8, 8)
+    shifted = _raw_batch(dataset, "shift")
+    padded = torch.nn.functional.pad(original, (2, 2, 2, 2))  # (64, 1, 12, 12)
+    offsets = []
+    for image, moved in zip(padded, shifted, strict=True):
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.allclose(image[:, dy : dy + 8, dx : dx + 8], moved, atol=1e-5)
+        ]
+        assert matches, "an image is not its original moved by up to 2 pixels"
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 5  # each image draws its own offset
+    assert torch.equal(shifted, _raw_batch(dataset, "shift"))  # seeded
+    assert not torch.equal(shifted, _raw_batch(dataset, "shift", seed=1))
+
+
+def test_crop_flip_is_the_usual_cifar_recipe_and_auto_picks_it_for_colour_images() -> None:
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=rng)
+    split = Split(x, torch.zeros(64, dtype=torch.int64))
+    colour = Dataset("toy", split, split, split, 1, (0.0,) * 3, (1.0,) * 3, augment=True)
+    assert resolve_augment("auto", colour) == "crop-flip"
+    assert resolve_augment("auto", load_dataset("digits")) == "none"
+    assert resolve_augment("shift", colour) == "shift"
+    # Reference: a 4-pixel reflect-padded crop per image, then a flip of about half of them,
+    # drawn in that order from the same generator.
+    generator = torch.Generator().manual_seed(0)
+    padded = torch.nn.functional.pad(x.float() / 255.0, (4, 4, 4, 4), mode="reflect")
+    dy, dx = torch.randint(0, 9, (2, 64), generator=generator).tolist()
+    expected = torch.stack([padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8] for i in range(64)])
+    flip = torch.rand(64, generator=generator) < 0.5
+    expected[flip] = expected[flip].flip(3)
+    assert torch.allclose(_raw_batch(colour, "auto"), expected, atol=1e-6)
+    assert torch.allclose(_raw_batch(colour, "none"), x.float() / 255.0, atol=1e-6)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

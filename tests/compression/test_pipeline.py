@@ -262,6 +262,40 @@ def test_retraining_with_distillation_learns_from_the_unpruned_model(
     assert pipe.metrics["prune"]["sparsity"] > 0.3  # and the pruning went on as usual
 
 
+@pytest.mark.parametrize("stage", ["prune", "quantize", "finetune"])
+def test_the_specs_augmentation_reaches_every_training_pass(
+    trained: nn.Module, digits: Dataset, stage: str
+) -> None:
+    """`augment` applies to masked retraining, layer-wise training and fine-tuning alike: with
+    "shift" the stage trains on other batches than with "none", so its result differs (and
+    only that stage trains in each case)."""
+    prune = PruneConfig(sparsity=0.5, retrain_epochs=0.5 if stage == "prune" else 0)
+    finetune = FinetuneConfig(
+        epochs=0.5 if stage == "finetune" else 0,
+        layerwise_epochs=0.5 if stage == "quantize" else 0,
+    )
+
+    def run(augment: str) -> dict[str, torch.Tensor]:
+        spec = CompressionSpec(
+            data="digits",
+            augment=augment,  # type: ignore[arg-type]
+            prune=prune,
+            quantize=QuantConfig(n_centroids=8),
+            finetune=finetune,
+        )
+        pipeline = Pipeline(copy.deepcopy(trained), spec, digits, CPU)
+        pipeline.baseline()
+        pipeline.prune()
+        if stage != "prune":
+            pipeline.quantize()
+            pipeline.finetune()
+        return {key: value.clone() for key, value in pipeline.model.state_dict().items()}
+
+    plain, again, shifted = run("none"), run("none"), run("shift")
+    assert all(torch.equal(plain[key], again[key]) for key in plain)  # seeded: only augment differs
+    assert not all(torch.equal(plain[key], shifted[key]) for key in plain)
+
+
 def test_pruning_progress_never_goes_back(trained: nn.Module, digits: Dataset) -> None:
     """Retraining reports 0..1 per round; the stage's progress runs once over all rounds."""
     from compression.pipeline import Pipeline

@@ -204,7 +204,12 @@ ALLOWED_PRUNE = (
             {"surprise": True},
             "spec.surprise",
             "unknown field 'surprise' in spec (allowed: arch, num_classes, data, prune, "
-            "quantize, finetune, seed, device)",
+            "quantize, finetune, augment, seed, device)",
+        ),
+        (
+            {"augment": "mixup"},
+            "spec.augment",
+            "spec.augment must be 'auto', 'none', 'shift' or 'crop-flip', got 'mixup'",
         ),
         (
             {"quantize": {"block_size": 2.5}},

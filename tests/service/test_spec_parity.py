@@ -14,6 +14,8 @@ from compression import CompressionSpec, InvalidConfigError
 SPECS: list[dict[str, Any]] = [
     {},
     {"data": "digits", "seed": 3, "device": "cuda:1", "num_classes": 7},
+    {"data": "digits", "augment": "shift"},
+    {"augment": "crop-flip"},
     {"prune": None},
     {
         "prune": {
@@ -53,6 +55,8 @@ SPECS: list[dict[str, Any]] = [
     {"finetune": {"distill": "yes"}},
     {"finetune": {"scope": "head"}},
     {"finetune": {"layerwise_epochs": -1}},
+    {"augment": "mixup"},
+    {"augment": True},
     {"device": "tpu"},
     {"seed": -1},
     {"num_classes": 0},
