@@ -31,6 +31,7 @@ from compression import (
 )
 from compression.data import Dataset, fit_to, load_dataset
 from compression.pipeline import Pipeline
+from compression.prune import prunable_layers
 from compression.train import STEP_MESSAGE, resolve_device
 from compression.zoo import get_architecture
 from db.blobs import read_blob, write_blob
@@ -43,6 +44,7 @@ from worker.intake import read_checkpoint_isolated
 log = logging.getLogger("pqz.worker")
 
 # Share of the whole job each stage stands for, in order: progress = start + share * fraction.
+# Until the spec and the model are known; then `stage_shares` weighs the stages by their work.
 STAGE_SHARES = {
     "validate": 0.05,
     "baseline": 0.05,
@@ -52,6 +54,32 @@ STAGE_SHARES = {
     "package": 0.05,
 }
 EVENT_INTERVAL_S = 1.0
+
+
+def stage_shares(spec: CompressionSpec, n_layers: int, with_data: bool) -> dict[str, float]:
+    """Each stage's share of the job, by its passes over the training data, so the progress
+    bar moves at an even pace: pruning rounds of retraining, one training run per quantized
+    layer in layer-wise mode (or only the k-means), the fine-tuning epochs. Validation and
+    packaging keep 5% each; every stage that runs has at least a small share."""
+    work = {"baseline": 0.0, "prune": 0.1, "quantize": 0.3, "finetune": 0.0}
+    prune = spec.prune
+    if with_data:
+        work["baseline"] = 0.05  # two evaluations
+        if prune is not None:
+            # A scanned round also evaluates every layer at several levels: about one pass more.
+            scanned = prune.sparsity is None and prune.threshold is None
+            rounds = prune.rounds if scanned else 1
+            work["prune"] = rounds * (prune.retrain_epochs + (1.0 if scanned else 0.0)) or 0.1
+        work["quantize"] += spec.finetune.layerwise_epochs * max(n_layers - 1, 0)
+        work["finetune"] = spec.finetune.epochs or 0.05
+    elif prune is None:
+        work["prune"] = 0.0
+    total = sum(work.values())
+    return {
+        "validate": 0.05,
+        **{stage: 0.9 * amount / total for stage, amount in work.items()},
+        "package": 0.05,
+    }
 
 
 class JobCancelledError(Exception):
@@ -77,6 +105,7 @@ class Recorder:
     lost: threading.Event = field(default_factory=threading.Event)
     last_event: float = 0.0
     last_stage: str | None = None
+    shares: dict[str, float] = field(default_factory=lambda: dict(STAGE_SHARES))
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         if self.cancelled.is_set():
@@ -93,11 +122,11 @@ class Recorder:
             return
         self.last_stage, self.last_event = stage, moment
         start = 0.0
-        for name, share in STAGE_SHARES.items():
+        for name, share in self.shares.items():
             if name == stage:
                 break
             start += share
-        progress = min(start + STAGE_SHARES.get(stage, 0.0) * min(max(fraction, 0.0), 1.0), 1.0)
+        progress = min(start + self.shares.get(stage, 0.0) * min(max(fraction, 0.0), 1.0), 1.0)
         with session_scope(self.settings.resolved_database_url) as session:
             session.execute(
                 update(Job).where(Job.id == self.job_id).values(stage=stage, progress=progress)
@@ -229,6 +258,7 @@ def _run(
     model.load_state_dict(state)
     device = resolve_device(spec.device)
     recorder("validate", 1.0, f"checkpoint fits {spec.arch}; running on {device}")
+    recorder.shares = stage_shares(spec, len(prunable_layers(model)), dataset is not None)
     pipeline = Pipeline(model, spec, dataset, device, recorder)
     pipeline.baseline()
     pipeline.prune()
