@@ -91,6 +91,7 @@ def train(
 
     from compression import build_model
     from compression.config import TrainConfig
+    from compression.data import resolve_augment
     from compression.pqz.container import atomic_path
     from compression.train import evaluate as accuracy
     from compression.train import train as fit
@@ -120,7 +121,7 @@ def train(
         "arch": arch,
         "data": data,
         "epochs": epochs,
-        "augment": config.augment,
+        "augment": resolve_augment(config.augment, dataset),  # what ran: auto made concrete
         "val_accuracy": accuracy(model, dataset, dataset.val, device=target),
         "accuracy": accuracy(model, dataset, dataset.test, device=target),
         "n": len(dataset.test),

@@ -211,6 +211,8 @@ class Pipeline:
         def within_step(fraction: float, message: str) -> None:
             report((index + fraction) / len(names), f"{message} (after {names[index]})")
 
+        epochs = f"{between.epochs:g} epoch{'' if between.epochs == 1 else 's'}"
+        report(index / len(names), f"{names[index]} quantized; training for {epochs}")
         finetune(
             self.model,
             self.dataset,

@@ -44,7 +44,7 @@ def test_train_augments_as_asked(tmp_path: Path) -> None:
     plain = run(*args, "-o", str(tmp_path / "plain.pt"))
     shifted = run(*args, "--augment", "shift", "-o", str(tmp_path / "shifted.pt"))
     assert plain.returncode == shifted.returncode == 0, plain.stderr + shifted.stderr
-    assert json.loads(plain.stdout)["augment"] == "auto"
+    assert json.loads(plain.stdout)["augment"] == "none"  # auto, for grey images
     assert json.loads(shifted.stdout)["augment"] == "shift"
     # Same seed, other batches: the two models differ.
     weights = [

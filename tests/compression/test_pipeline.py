@@ -178,11 +178,14 @@ def test_layerwise_quantization_trains_the_float_layers_between_steps(
     spec = CompressionSpec(
         data="digits", prune=None, quantize=quant, finetune=FinetuneConfig(layerwise_epochs=2)
     )
-    pipeline = Pipeline(model, spec, digits, CPU)
+    messages: list[str] = []
+    pipeline = Pipeline(model, spec, digits, CPU, lambda _, __, message: messages.append(message))
     pipeline.quantize()
 
     layers = pipeline.metrics["quantize"]["layers"]
     assert [layer["name"] for layer in layers] == ["fc1", "fc2", "fc3"]
+    said = [message for message in messages if "quantized; training" in message]
+    assert said == ["fc1 quantized; training for 2 epochs", "fc2 quantized; training for 2 epochs"]
     assert all(layer["encoding"] == "pq" for layer in layers)
     (_, first), *_, (_, last) = codebooks(model)
     (_, first_at_once), *_, (_, last_at_once) = codebooks(at_once)
