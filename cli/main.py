@@ -45,7 +45,10 @@ def main() -> None:
             raise
         context = getattr(error, "ctx", None)
         hint = f" (see '{context.command_path} --help')" if error.exit_code == 2 and context else ""
-        fail(f"{error.format_message()}{hint}", code=error.exit_code)
+        # Typer words a bad choice "...: Value error, 'x' is not one of 'a', 'b'." (pydantic's
+        # phrasing showing through); the value and the choices are what the user needs.
+        message = error.format_message().replace(": Value error, ", ": ").removesuffix(".")
+        fail(f"{message}{hint}", code=error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -121,7 +121,8 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         (
             ["train", "--arch", "lenet-300-100", "--data", "digits", "--augment", "flip"],
             2,
-            "Invalid value for '--augment': Value error, 'flip' is not one of 'auto'",
+            "Invalid value for '--augment': 'flip' is not one of 'auto', 'none', 'shift', "
+            "'crop-flip' (see 'pqz train --help')",
         ),
     ],
 )
