@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,8 +105,7 @@ def baseline(
     held_out = "" if val_fraction == 0.1 else f"-val{val_fraction:g}"
     held_out += "" if split_seed == 0 else f"-split{split_seed}"
     augmented = "" if augment == "auto" else f"-{augment}"
-    seeded = "" if seed == 0 else f"-seed{seed}"
-    path = workdir / f"{arch}-{dataset.name}-{epochs}ep{held_out}{augmented}{seeded}.pt"
+    path = workdir / f"{arch}-{dataset.name}-{epochs}ep{held_out}{augmented}{seed_note(seed)}.pt"
     if path.exists():
         return path
     lr = 0.05 if "lenet" in arch else 0.1
@@ -179,11 +179,11 @@ def run_row(
     args: argparse.Namespace,
     device: torch.device,
     seed: int,
+    dataset: Dataset,
 ) -> list[dict[str, Any]]:
     """Baseline and pruning once; then each quantization method on a copy of the pruned model.
     `seed` seeds the baseline's training and the pipeline; the data split is `args.seed`'s."""
     val_fraction = args.val_fraction
-    dataset = load(data, arch, args.workdir / "data", args.seed, val_fraction)
     epochs = EPOCHS[args.schedule][data]
     augment = augment_for(data, args)
     checkpoint = baseline(
@@ -207,7 +207,7 @@ def run_row(
         pipeline = pruned.fork(spec_for(data, method, args, seed))
         pipeline.quantize()
         pipeline.finetune()
-        output = args.workdir / f"{arch}-{dataset.name}-{method}.pqz"
+        output = args.workdir / f"{arch}-{dataset.name}-{method}{seed_note(seed)}.pqz"
         info = pipeline.package(output, architecture=arch, num_classes=dataset.num_classes)
         metrics = info.metrics
         row = {
@@ -237,8 +237,9 @@ def run_row(
     return rows
 
 
-def seed_note(row: dict[str, Any]) -> str:
-    return f" (seed {row['seed']})" if row.get("seed") else ""
+def seed_note(seed: int) -> str:
+    """What names a seed other than 0, in a file name or a table's model column."""
+    return f"-seed{seed}" if seed else ""
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -253,8 +254,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         stages = " / ".join(
             f"{d.get(stage, 0):.0f}" for stage in ("baseline", "prune", "quantize", "finetune")
         )
+        seeded = f" (seed {row['seed']})" if row.get("seed") else ""
         lines.append(
-            f"| {row['model']}{seed_note(row)} | {row['data']} | {row['method']} "
+            f"| {row['model']}{seeded} | {row['data']} | {row['method']} "
             f"| {row['baseline_accuracy']:.4f} | {row['compressed_accuracy']:.4f} "
             f"| {row['drop_points']:.2f} | {row['weight_sparsity']:.1%} | {row['pqz_bytes']:,} "
             f"| {row['compression_ratio']:.1f}x | {stages} / {d.get('package', 0):.1f} |"
@@ -276,14 +278,14 @@ def summary(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (model, data, method), group in groups.items():
-        drops = torch.tensor([row["drop_points"] for row in group], dtype=torch.float64)
-        spread = float(drops.std()) if len(group) > 1 else 0.0
-        baseline = sum(row["baseline_accuracy"] for row in group) / len(group)
-        ratio = sum(row["compression_ratio"] for row in group) / len(group)
+        drops = [row["drop_points"] for row in group]
+        spread = statistics.stdev(drops) if len(drops) > 1 else 0.0
+        baseline = statistics.mean(row["baseline_accuracy"] for row in group)
+        ratio = statistics.mean(row["compression_ratio"] for row in group)
         lines.append(
             f"| {model} | {data} | {method} | {len(group)} | {baseline:.4f} "
-            f"| {float(drops.mean()):.2f} ± {spread:.2f} "
-            f"| {float(drops.min()):.2f} to {float(drops.max()):.2f} | {ratio:.1f}x |"
+            f"| {statistics.mean(drops):.2f} ± {spread:.2f} "
+            f"| {min(drops):.2f} to {max(drops):.2f} | {ratio:.1f}x |"
         )
     return "\n".join(lines)
 
@@ -305,7 +307,8 @@ def main() -> None:
         "--seeds",
         type=int,
         default=1,
-        help="baselines per row, trained and compressed with seeds --first-seed, --first-seed + 1, ...",
+        help="baselines per row, trained and compressed with seeds --first-seed, "
+        "--first-seed + 1, ...",
     )
     parser.add_argument(
         "--first-seed",
@@ -355,12 +358,13 @@ def main() -> None:
     pairs: list[tuple[str, ...]] = []
     for item in args.rows.split(","):
         pairs += ROWS[item] if item in ROWS else [tuple(item.split(":"))]
+    first = args.seed if args.first_seed is None else args.first_seed
     rows = []
     for arch, data in pairs:
-        first = args.seed if args.first_seed is None else args.first_seed
+        dataset = load(data, arch, args.workdir / "data", args.seed, args.val_fraction)
         for seed in range(first, first + args.seeds):
             print(f"{arch} on {data} ({args.schedule} schedule, {device}, seed {seed})", flush=True)
-            rows += run_row(arch, data, args.methods.split(","), args, device, seed)
+            rows += run_row(arch, data, args.methods.split(","), args, device, seed, dataset)
     (args.workdir / "results.json").write_text(json.dumps(rows, indent=2))
     print("\n" + markdown(rows))
     if args.seeds > 1:

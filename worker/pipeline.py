@@ -66,8 +66,9 @@ def stage_shares(spec: CompressionSpec, n_layers: int, with_data: bool) -> dict[
     if with_data:
         work["baseline"] = 0.05  # two evaluations
         if prune is not None:
-            # A scanned round also evaluates every layer at several levels: about one pass more.
-            scanned = prune.sparsity is None and prune.threshold is None
+            # Without a default sparsity or threshold the pipeline scans; a scanned round also
+            # evaluates every layer at several levels: about one pass more.
+            scanned = prune.default is None
             rounds = prune.rounds if scanned else 1
             work["prune"] = rounds * (prune.retrain_epochs + (1.0 if scanned else 0.0)) or 0.1
         work["quantize"] += spec.finetune.layerwise_epochs * max(n_layers - 1, 0)
