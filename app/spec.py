@@ -150,6 +150,7 @@ class QuantSpec(LayerRules):
     n_centroids: Annotated[int, Field(ge=2, le=256)] = 256
     n_iter: Annotated[int, Field(ge=1, le=1000)] = 25
     samples_per_centroid: Annotated[int, Field(ge=1, le=1 << 20)] = 32
+    scalar_when_smaller: bool = True
     fallback_dtype: Literal["float32", "float16"] = "float32"
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     module_types: dict[str, QuantRule | None] = Field(default_factory=dict)

@@ -71,6 +71,7 @@ RETRAIN_EPOCHS = {"mnist10k": 12.0}
 # are few enough that both LeNets overfit them without it (LeNet-300-100 tests at 95.0%
 # trained plainly, 97.5% with shifts; LeNet-5 97.3% and 98.9%); elsewhere the data set's own.
 AUGMENT: dict[str, Augment] = {"mnist10k": "shift"}
+METHODS = ("pq", "pq-only", "kmeans")
 KMEANS_CENTROIDS = 32  # 5-bit codes, as Deep Compression used for fully connected layers
 
 
@@ -139,7 +140,7 @@ def spec_for(data: str, method: str, args: argparse.Namespace, seed: int = 0) ->
     quantize = (
         QuantConfig(method="kmeans", n_centroids=KMEANS_CENTROIDS)
         if method == "kmeans"
-        else QuantConfig()
+        else QuantConfig(scalar_when_smaller=method != "pq-only")
     )
     short = args.schedule == "short" and data == "cifar10"
     epochs = 0.5 if short else RETRAIN_EPOCHS.get(data, 3.0)
@@ -213,7 +214,7 @@ def run_row(
         row = {
             "model": arch,
             "data": dataset.name,
-            "method": method if method == "pq" else f"kmeans k={KMEANS_CENTROIDS}",
+            "method": f"kmeans k={KMEANS_CENTROIDS}" if method == "kmeans" else method,
             "baseline_accuracy": metrics["baseline"]["test_accuracy"],
             "compressed_accuracy": metrics["final"]["test_accuracy"],
             "drop_points": 100 * metrics["accuracy_drop"],
@@ -297,7 +298,12 @@ def main() -> None:
     parser.add_argument(
         "--rows", default="lenet", help="lenet, cifar, or model:data pairs, comma-separated"
     )
-    parser.add_argument("--methods", default="pq,kmeans")
+    parser.add_argument(
+        "--methods",
+        default="pq,kmeans",
+        help="comma-separated: pq, pq-only (PQ on every layer, no scalar k-means where that is "
+        "smaller), kmeans",
+    )
     parser.add_argument("--schedule", choices=("short", "full"), default="full")
     parser.add_argument("--workdir", type=Path, default=Path("var/reproduce"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -352,6 +358,10 @@ def main() -> None:
         help="training after each layer's quantization (default: 2 (8); 0 quantizes at once)",
     )
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -364,7 +374,7 @@ def main() -> None:
         dataset = load(data, arch, args.workdir / "data", args.seed, args.val_fraction)
         for seed in range(first, first + args.seeds):
             print(f"{arch} on {data} ({args.schedule} schedule, {device}, seed {seed})", flush=True)
-            rows += run_row(arch, data, args.methods.split(","), args, device, seed, dataset)
+            rows += run_row(arch, data, methods, args, device, seed, dataset)
     (args.workdir / "results.json").write_text(json.dumps(rows, indent=2))
     print("\n" + markdown(rows))
     if args.seeds > 1:

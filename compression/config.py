@@ -229,8 +229,11 @@ class QuantConfig:
     [[0.9, 1.1], [-1.0, -0.8]]. `method="kmeans"` is scalar weight sharing (block_size 1).
     `block_size=None` picks per layer: kh*kw for Conv2d kernels up to 3x3 (9 for 3x3), kw for
     larger kernels, 4 for Linear and 1x1 convolutions. Pruned weights stay exactly zero and do
-    not pull the centroids. A layer whose codes would not be smaller than its values, or that a
-    rule skips, keeps its values in `fallback_dtype`.
+    not pull the centroids. With `scalar_when_smaller`, a PQ layer whose weights scalar k-means
+    stores in fewer bytes with no larger error gets scalar k-means instead: a small layer cannot
+    amortise 256 centroids of d values (a 90%-pruned 100x300 layer has 750 sub-vectors of 4,
+    and their 2 KB codebook outweighs their codes). A layer whose codes would not be smaller
+    than its values, or that a rule skips, keeps its values in `fallback_dtype`.
     """
 
     method: Literal["pq", "kmeans"] = "pq"
@@ -238,6 +241,7 @@ class QuantConfig:
     n_centroids: int = 256
     n_iter: int = 25
     samples_per_centroid: int = 32
+    scalar_when_smaller: bool = True
     fallback_dtype: Literal["float32", "float16"] = "float32"
     seed: int = 0
     module_types: Mapping[str, QuantRule | None] = field(default_factory=dict)
@@ -249,6 +253,11 @@ class QuantConfig:
         check_number(
             self.samples_per_centroid, "samples_per_centroid", low=1, high=1 << 20, integer=True
         )
+        if not isinstance(self.scalar_when_smaller, bool):
+            raise InvalidConfigError(
+                f"quantize scalar_when_smaller must be true or false, "
+                f"got {self.scalar_when_smaller!r}"
+            )
         check_choice(self.fallback_dtype, "fallback_dtype", ("float32", "float16"))
         check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
         check_overrides(self.module_types, self.modules)

@@ -169,27 +169,21 @@ def _quantize_layer(
     block_size = 1 if method == "kmeans" else rule.block_size or default_block_size(module)
     n_centroids = rule.n_centroids or config.n_centroids
     values = kept_values(weight, mask)  # (n_kept,)
-    n_sub = -(-values.numel() // block_size)
-    k = min(n_centroids, n_sub)
-    code_bits = max(1, math.ceil(math.log2(max(k, 2))))
-    quantized_bytes = math.ceil(n_sub * code_bits / 8) + k * block_size * 2
+    k = min(n_centroids, -(-values.numel() // block_size))
+    quantized_bytes = encoded_bytes(values.numel(), block_size, k)
     fallback_bytes = values.numel() * (2 if config.fallback_dtype == "float16" else 4)
     if k == 0 or quantized_bytes >= fallback_bytes:
         return _keep(name, module, config, f"too small to gain ({values.numel()} kept weights)")
 
-    if block_size == 1:
-        codebook, codes = kmeans_1d(values, k, n_iter=config.n_iter, seed=config.seed)
-    else:
-        X, M = subvectors(values, block_size)  # (n_sub, d)
-        codebook, codes = kmeans(
-            X,
-            M,
-            k,
-            n_iter=config.n_iter,
-            samples_per_centroid=config.samples_per_centroid,
-            seed=config.seed,
-        )
-    codebook = codebook.to(torch.float16).float()  # what the file stores
+    codebook, codes = _fit(values, block_size, k, config)
+    note = ""
+    if block_size > 1 and config.scalar_when_smaller:
+        error = _error(values, codebook, codes)
+        scalar = _smaller_scalar(values, error, quantized_bytes, n_centroids, config)
+        if scalar is not None:
+            codebook, codes = scalar
+            block_size, k = 1, codebook.shape[0]
+            note = "scalar k-means: fewer bytes than PQ, no larger error"
     parametrization = ProductQuantized(codes, mask, tuple(weight.shape))
     parametrization.to(weight.device)
     if parametrize.is_parametrized(module, "weight"):
@@ -203,12 +197,64 @@ def _quantize_layer(
     return LayerQuantization(
         name=name,
         shape=tuple(weight.shape),
-        encoding="kmeans" if method == "kmeans" else "pq",
+        encoding="kmeans" if block_size == 1 else "pq",
         block_size=block_size,
         n_centroids=k,
         sparsity=float((decoded == 0).float().mean()),
         relative_error=error,
+        note=note,
     )
+
+
+def encoded_bytes(n_values: int, block_size: int, k: int) -> int:
+    """Codes and fp16 codebook of `n_values` weights in sub-vectors of `block_size`, before
+    entropy coding."""
+    n_sub = -(-n_values // block_size)
+    code_bits = max(1, math.ceil(math.log2(max(k, 2))))
+    return math.ceil(n_sub * code_bits / 8) + k * block_size * 2
+
+
+def _fit(
+    values: torch.Tensor, block_size: int, k: int, config: QuantConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codebook (k, d), rounded to the float16 the file stores, and codes (n_sub,)."""
+    if block_size == 1:
+        codebook, codes = kmeans_1d(values, k, n_iter=config.n_iter, seed=config.seed)
+    else:
+        X, M = subvectors(values, block_size)  # (n_sub, d)
+        codebook, codes = kmeans(
+            X,
+            M,
+            k,
+            n_iter=config.n_iter,
+            samples_per_centroid=config.samples_per_centroid,
+            seed=config.seed,
+        )
+    return codebook.to(torch.float16).float(), codes
+
+
+def _error(values: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor) -> float:
+    """Relative L2 error of the kept weights as the codebook and codes restore them."""
+    restored = codebook.index_select(0, codes).flatten()[: values.numel()]  # (n_kept,)
+    return float((restored - values).norm() / values.norm().clamp(min=1e-30))
+
+
+def _smaller_scalar(
+    values: torch.Tensor, pq_error: float, pq_bytes: int, n_centroids: int, config: QuantConfig
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fewest-bit scalar k-means of `values` that is smaller than PQ's `pq_bytes` and at
+    most `pq_error` off, or None. Only widths that could still be smaller are tried, so a large
+    layer, where PQ's codebook is cheap, costs one or two histogram k-means at most."""
+    for bits in range(1, 9):
+        k = min(1 << bits, n_centroids)
+        if encoded_bytes(values.numel(), 1, k) >= pq_bytes:
+            return None
+        codebook, codes = _fit(values, 1, k, config)
+        if _error(values, codebook, codes) <= pq_error:
+            return codebook, codes
+        if k == n_centroids:
+            return None
+    return None
 
 
 def _keep(name: str, module: nn.Module, config: QuantConfig, note: str) -> LayerQuantization:

@@ -43,6 +43,10 @@ def test_spec_round_trips_through_dict() -> None:
         ({"extra": 1}, "unknown field 'extra' in spec"),
         ({"finetune": {"epochs": -1}}, "finetune epochs -1 is outside [0, 10000]"),
         ({"finetune": {"distill": "yes"}}, "finetune distill must be true or false, got 'yes'"),
+        (
+            {"quantize": {"scalar_when_smaller": 1}},
+            "quantize scalar_when_smaller must be true or false, got 1",
+        ),
         ({"finetune": {"scope": "head"}}, "finetune scope 'head' is not one of codebooks, all"),
         (
             {"finetune": {"layerwise_epochs": -0.5}},

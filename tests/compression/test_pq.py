@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -13,8 +15,9 @@ from compression import (
     get_mask,
     prune_,
     quantize_,
+    save_pqz,
 )
-from compression.pq import ProductQuantized, default_block_size
+from compression.pq import ProductQuantized, default_block_size, encoded_bytes
 from tests.conftest import TinyNet
 
 
@@ -75,7 +78,12 @@ def test_default_block_sizes_follow_layer_type() -> None:
 
 
 def test_skipped_and_too_small_layers_are_reported_not_dropped(tiny_net: TinyNet) -> None:
-    config = QuantConfig(n_centroids=256, modules={"fc2": None}, fallback_dtype="float16")
+    config = QuantConfig(
+        n_centroids=256,
+        modules={"fc2": None},
+        fallback_dtype="float16",
+        scalar_when_smaller=False,
+    )
     before = tiny_net.conv.weight.detach().clone()
     results = {result.name: result for result in quantize_(tiny_net, config)}
     assert results["fc2"].encoding == "float16"
@@ -85,6 +93,39 @@ def test_skipped_and_too_small_layers_are_reported_not_dropped(tiny_net: TinyNet
     assert results["conv"].note.startswith("too small to gain")
     assert torch.equal(tiny_net.conv.weight, before.half().float())
     assert results["fc1"].encoding == "pq"
+
+
+def test_pq_gives_scalar_kmeans_to_a_layer_where_it_is_smaller_and_no_less_accurate(
+    tmp_path: Path,
+) -> None:
+    """fc2 keeps 3,000 weights: 750 sub-vectors cannot amortise 256 centroids of 4 values,
+    and 8 scalar centroids restore the weights better in a third of the bytes. fc1's 5,880
+    sub-vectors can; fc3's 25 centroids hold its weights exactly, which no scalar codebook
+    smaller than PQ's does."""
+    files, results = {}, {}
+    for scalar in (True, False):
+        torch.manual_seed(0)
+        model = build_model("lenet-300-100")
+        prune_(model, PruneConfig(sparsity=0.9))
+        layers = quantize_(model, QuantConfig(scalar_when_smaller=scalar))
+        results[scalar] = {layer.name: layer for layer in layers}
+        files[scalar] = save_pqz(
+            model, tmp_path / f"{scalar}.pqz", architecture="lenet-300-100", num_classes=10
+        )
+    mixed, plain = results[True], results[False]
+    assert [mixed[name].encoding for name in ("fc1", "fc2", "fc3")] == ["pq", "kmeans", "pq"]
+    assert mixed["fc2"].note == "scalar k-means: fewer bytes than PQ, no larger error"
+    assert mixed["fc2"].relative_error <= plain["fc2"].relative_error
+    assert mixed["fc2"].block_size == 1
+    k = mixed["fc2"].n_centroids
+    assert k is not None
+    assert encoded_bytes(3000, 1, k) < encoded_bytes(3000, 4, 256)
+    for name in ("fc1", "fc3"):
+        assert mixed[name] == plain[name]
+    assert files[True].file_size_bytes < files[False].file_size_bytes - 1000
+    assert [layer["encoding"] for layer in files[True].layers if layer["name"] == "fc2.weight"] == [
+        "kmeans"
+    ]
 
 
 def test_codebook_trains_while_codes_and_mask_stay(tiny_net: TinyNet) -> None:
