@@ -299,8 +299,10 @@ def compress(
         )
     for layer in metrics["quantize"]["layers"]:
         if layer["note"]:
+            # A note says why a layer is not plain PQ: kept in float, or given scalar k-means.
+            kept = "" if layer["encoding"] in ("pq", "kmeans") else "kept "
             console.print(
-                f"[dim]{layer['name']}: kept {layer['encoding']} ({layer['note']})[/]",
+                f"[dim]{layer['name']}: {kept}{layer['encoding']} ({layer['note']})[/]",
                 highlight=False,
             )
 

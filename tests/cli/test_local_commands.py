@@ -132,6 +132,17 @@ def test_an_existing_output_is_replaced_only_with_force(checkpoint: Path, tmp_pa
     assert load_pqz(out).fc1.weight.eq(0).float().mean() == pytest.approx(0.5)
 
 
+def test_compress_says_which_layers_got_scalar_kmeans(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.pqz"
+    result = run(
+        "compress", str(checkpoint), "--arch", "lenet-5", "--sparsity", "0.9", "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    # conv2 keeps 2,500 of its weights, 500 sub-vectors of 5: 256 centroids would not pay off.
+    assert "conv2: kmeans (scalar k-means: fewer bytes than PQ, no larger error)" in result.stdout
+    assert "kept kmeans" not in result.stdout
+
+
 @pytest.mark.parametrize(
     ("output", "message"),
     [
