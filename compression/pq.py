@@ -5,8 +5,10 @@ n_sub = ceil(n_kept / d) sub-vectors of `block_size` d values (the last one padd
 replaced by the nearest of k centroids of a float16 codebook (k, d). Pruned weights get no
 code at all: the mask says where the kept ones go, so a 90%-pruned layer pays codes for a
 tenth of its weights. Without pruning, the sub-vectors follow the weight's own layout (d = 9
-puts each 3x3 kernel in one sub-vector). After `quantize_` the weight is a parametrization of
-the codebook, so fine-tuning can train the centroids while codes and masks stay fixed.
+puts each 3x3 kernel in one sub-vector). A layer too small to amortise its PQ codebook gets
+scalar k-means (d = 1) where that is both smaller and no less accurate (`scalar_when_smaller`).
+After `quantize_` the weight is a parametrization of the codebook, so fine-tuning can train the
+centroids while codes and masks stay fixed.
 """
 
 from __future__ import annotations
