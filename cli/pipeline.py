@@ -230,6 +230,14 @@ def compress(
         int | None, typer.Option(help="Sub-vector size d (default per layer).")
     ] = None,
     centroids: Annotated[int | None, typer.Option(help="Centroids per layer, 2..256.")] = None,
+    scalar_when_smaller: Annotated[
+        bool | None,
+        typer.Option(
+            "--scalar-when-smaller/--pq-everywhere",
+            help="With pq, give a layer scalar k-means where that is smaller and no less "
+            "accurate (the default), or keep PQ on every layer.",
+        ),
+    ] = None,
     augment: AugmentOption = None,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     data_dir: DataDirOption = None,
@@ -257,6 +265,7 @@ def compress(
         block_size,
         centroids,
         augment,
+        scalar_when_smaller,
     )
     target = _device(device if device != "auto" else config.device)
     dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None
@@ -300,9 +309,9 @@ def compress(
     for layer in metrics["quantize"]["layers"]:
         if layer["note"]:
             # A note says why a layer is not plain PQ: kept in float, or given scalar k-means.
-            kept = "" if layer["encoding"] in ("pq", "kmeans") else "kept "
+            verb = "" if layer["encoding"] in ("pq", "kmeans") else "kept "
             console.print(
-                f"[dim]{layer['name']}: {kept}{layer['encoding']} ({layer['note']})[/]",
+                f"[dim]{layer['name']}: {verb}{layer['encoding']} ({layer['note']})[/]",
                 highlight=False,
             )
 
@@ -319,6 +328,7 @@ def _spec(
     block_size: int | None,
     centroids: int | None,
     augment: Augmentation | None = None,
+    scalar_when_smaller: bool | None = None,
 ) -> CompressionSpec:
     """The spec file (or defaults), with the command line's options taking precedence."""
     from compression import CompressionSpec, InvalidConfigError
@@ -349,6 +359,7 @@ def _spec(
         "method": method and method.value,
         "block_size": block_size,
         "n_centroids": centroids,
+        "scalar_when_smaller": scalar_when_smaller,
     }
     quantize = {key: value for key, value in quantize.items() if value is not None}
     if quantize:

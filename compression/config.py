@@ -248,6 +248,10 @@ class QuantConfig:
     modules: Mapping[str, QuantRule | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # The rule checks the values; unlike a rule's, the defaults' method and n_centroids
+        # cannot be left unset (null in a spec).
+        check_choice(self.method, "quantization method", ("pq", "kmeans"))
+        check_number(self.n_centroids, "n_centroids", low=2, high=MAX_CENTROIDS, integer=True)
         QuantRule(method=self.method, block_size=self.block_size, n_centroids=self.n_centroids)
         check_number(self.n_iter, "n_iter", low=1, high=1000, integer=True)
         check_number(

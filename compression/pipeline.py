@@ -130,6 +130,9 @@ class Pipeline:
             self.report("quantize")(0.0, f"{self.spec.quantize.method} on {len(layers)} layers")
             results = quantize_(self.model, self.spec.quantize)
         self.metrics["quantize"] = {"layers": [dataclasses.asdict(layer) for layer in results]}
+        for layer in results:
+            if layer.note:  # why a layer is not plain PQ, as an event a service user sees too
+                self.report("quantize")(1.0, f"{layer.name}: {layer.note}")
         if self.dataset is not None:
             accuracy = evaluate(self.model, self.dataset, self.dataset.val, device=self.device)
             self.metrics["quantize"]["val_accuracy"] = accuracy

@@ -133,14 +133,22 @@ def test_an_existing_output_is_replaced_only_with_force(checkpoint: Path, tmp_pa
 
 
 def test_compress_says_which_layers_got_scalar_kmeans(checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out.pqz"
-    result = run(
-        "compress", str(checkpoint), "--arch", "lenet-5", "--sparsity", "0.9", "-o", str(out)
-    )
+    args = ["compress", str(checkpoint), "--arch", "lenet-5", "--sparsity", "0.9"]
+    result = run(*args, "-o", str(tmp_path / "mixed.pqz"))
     assert result.returncode == 0, result.stderr
     # conv2 keeps 2,500 of its weights, 500 sub-vectors of 5: 256 centroids would not pay off.
     assert "conv2: kmeans (scalar k-means: fewer bytes than PQ, no larger error)" in result.stdout
     assert "kept kmeans" not in result.stdout
+    plain = run(*args, "--pq-everywhere", "-o", str(tmp_path / "plain.pqz"))
+    assert plain.returncode == 0, plain.stderr
+    assert "conv2: kmeans" not in plain.stdout
+    encodings = {}
+    for name in ("mixed", "plain"):
+        info = json.loads(run("inspect", str(tmp_path / f"{name}.pqz"), "--json").stdout)
+        encodings[name] = {layer["name"]: layer["encoding"] for layer in info["layers"]}
+        assert info["spec"]["quantize"]["scalar_when_smaller"] is (name == "mixed")
+    assert encodings["mixed"]["conv2.weight"] == "kmeans"
+    assert encodings["plain"]["conv2.weight"] == "pq"
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ def test_spec_round_trips_through_dict() -> None:
         ({"prune": {"sparsity": 1.5}}, "sparsity 1.5 is outside [0, 1)"),
         ({"prune": {"sparsity": 0.5, "threshold": 0.1}}, "exactly one of sparsity or threshold"),
         ({"quantize": {"n_centroids": 300}}, "n_centroids 300 is outside [2, 256]"),
+        ({"quantize": {"n_centroids": None}}, "n_centroids must be an integer, got None"),
+        ({"quantize": {"method": None}}, "quantization method None is not one of pq, kmeans"),
         ({"quantize": {"block_size": 0}}, "block_size 0 is outside [1, 64]"),
         ({"quantize": {"block_size": 2.5}}, "block_size must be an integer, got 2.5"),
         ({"quantize": {"method": "svd"}}, "quantization method 'svd' is not one of pq, kmeans"),

@@ -201,6 +201,21 @@ def test_layerwise_quantization_trains_the_float_layers_between_steps(
     )
 
 
+def test_quantize_reports_each_layer_that_is_not_plain_pq() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100")
+    prune_(model, PruneConfig(sparsity=0.9))
+    spec = CompressionSpec(prune=None, quantize=QuantConfig(modules={"fc3": None}))
+    messages: list[tuple[str, str]] = []
+    pipeline = Pipeline(
+        model, spec, None, CPU, lambda stage, _, message: messages.append((stage, message))
+    )
+    pipeline.quantize()
+    assert ("quantize", "fc2: scalar k-means: fewer bytes than PQ, no larger error") in messages
+    assert ("quantize", "fc3: skipped by rule") in messages
+    assert not any(message.startswith("fc1:") for _, message in messages)
+
+
 @pytest.mark.parametrize("pruned", [True, False])
 def test_layerwise_quantization_leaves_a_layer_kept_in_float_as_the_file_stores_it(
     trained: nn.Module, digits: Dataset, pruned: bool
