@@ -232,8 +232,10 @@ class QuantConfig:
     not pull the centroids. With `scalar_when_smaller`, a PQ layer whose weights scalar k-means
     stores in fewer bytes with no larger error gets scalar k-means instead: a small layer cannot
     amortise 256 centroids of d values (a 90%-pruned 100x300 layer has 750 sub-vectors of 4,
-    and their 2 KB codebook outweighs their codes). A layer whose codes would not be smaller
-    than its values, or that a rule skips, keeps its values in `fallback_dtype`.
+    and their 2 KB codebook outweighs their codes). Where PQ would give every sub-vector its
+    own centroid, storing the weights rather than quantizing them, the error to match is that
+    of scalar k-means with `n_centroids` levels. A layer whose codes would not be smaller than
+    its values, or that a rule skips, keeps its values in `fallback_dtype`.
     """
 
     method: Literal["pq", "kmeans"] = "pq"

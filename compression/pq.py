@@ -181,11 +181,20 @@ def _quantize_layer(
     note = ""
     if block_size > 1 and config.scalar_when_smaller:
         error = _error(values, codebook, codes)
+        exact = k == codes.numel()
+        if exact:
+            # A centroid per sub-vector stores the weights rather than quantizing them: the
+            # reference is then scalar k-means at the configured code width.
+            error = _error(values, *_fit(values, 1, n_centroids, config))
         scalar = _smaller_scalar(values, error, quantized_bytes, n_centroids, config)
         if scalar is not None:
             codebook, codes = scalar
             block_size, k = 1, codebook.shape[0]
-            note = "scalar k-means: fewer bytes than PQ, no larger error"
+            note = (
+                "scalar k-means: PQ would need a centroid per sub-vector"
+                if exact
+                else "scalar k-means: fewer bytes than PQ, no larger error"
+            )
     parametrization = ProductQuantized(codes, mask, tuple(weight.shape))
     parametrization.to(weight.device)
     if parametrize.is_parametrized(module, "weight"):

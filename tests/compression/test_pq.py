@@ -128,6 +128,29 @@ def test_pq_gives_scalar_kmeans_to_a_layer_where_it_is_smaller_and_no_less_accur
     ]
 
 
+def test_a_layer_pq_would_store_verbatim_gets_scalar_kmeans_at_the_code_width() -> None:
+    """95% of LeNet-5's conv2 pruned leaves 250 sub-vectors of 5: 256 centroids hold them
+    verbatim in 2,750 bytes; scalar k-means with at most 256 levels takes 1,250 bytes of codes
+    and a small codebook. fc2's 63 sub-vectors are cheaper as PQ than as 8-bit codes."""
+    results = {}
+    for scalar in (True, False):
+        torch.manual_seed(0)
+        model = build_model("lenet-5")
+        prune_(model, PruneConfig(sparsity=0.95))
+        results[scalar] = {
+            r.name: r for r in quantize_(model, QuantConfig(scalar_when_smaller=scalar))
+        }
+    conv2, plain = results[True]["conv2"], results[False]["conv2"]
+    assert (plain.encoding, plain.n_centroids) == ("pq", 250)
+    assert conv2.encoding == "kmeans"
+    assert conv2.note == "scalar k-means: PQ would need a centroid per sub-vector"
+    assert conv2.n_centroids is not None
+    assert conv2.n_centroids <= 256
+    assert encoded_bytes(1250, 1, conv2.n_centroids) < encoded_bytes(1250, 5, 250)
+    assert conv2.relative_error < 0.01
+    assert results[True]["fc1"] == results[False]["fc1"]
+
+
 def test_codebook_trains_while_codes_and_mask_stay(tiny_net: TinyNet) -> None:
     prune_(tiny_net, PruneConfig(sparsity=0.6))
     quantize_(tiny_net, QuantConfig(n_centroids=8, block_size=4, modules={"conv|fc2": None}))
