@@ -20,6 +20,17 @@ import typer
 
 from cli.output import ForceOption, check_output, console, fail, human_bytes, print_json
 from cli.progress import StageBars
+from cli.spec_options import (
+    AugmentOption,
+    BlockSizeOption,
+    CentroidsOption,
+    MaxDropOption,
+    MethodOption,
+    ScalarOption,
+    SparsityOption,
+    SpecOptions,
+    ThresholdOption,
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the job as one JSON object.")]
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -106,17 +117,38 @@ def submit(
     data: Annotated[
         str | None, typer.Option(help="A built-in data set name, or a local .npz to upload.")
     ] = None,
+    sparsity: SparsityOption = None,
+    threshold: ThresholdOption = None,
+    max_accuracy_drop: MaxDropOption = None,
+    method: MethodOption = None,
+    block_size: BlockSizeOption = None,
+    centroids: CentroidsOption = None,
+    scalar_when_smaller: ScalarOption = None,
+    augment: AugmentOption = None,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Upload a checkpoint and submit a compression job (post-training without --data)."""
+    options = SpecOptions(
+        sparsity=sparsity,
+        threshold=threshold,
+        max_accuracy_drop=max_accuracy_drop,
+        method=method,
+        block_size=block_size,
+        centroids=centroids,
+        scalar_when_smaller=scalar_when_smaller,
+        augment=augment,
+    )
     body: dict[str, Any] = {}
     if spec is not None:
         try:
             body = json.loads(spec.read_text())
         except (OSError, json.JSONDecodeError) as error:
             fail(f"cannot read spec {spec}: {error}")
+    if not isinstance(body, dict):
+        _check_spec(body)  # refuses it, in the server's words
+    body = options.apply(body)
     body["arch"] = arch
     if num_classes is not None:
         body["num_classes"] = num_classes
@@ -163,7 +195,7 @@ def _discard(client: Client, file_ids: list[str]) -> None:
             client.http.delete(f"/v1/files/{file_id}", timeout=10.0)
 
 
-def _check_spec(body: dict[str, Any]) -> None:
+def _check_spec(body: object) -> None:
     """The server's own (torch-free) validation of the job spec, run locally first, with the
     server's wording."""
     from pydantic import ValidationError

@@ -5,13 +5,11 @@ The library is imported inside each command so that `pqz --help` stays fast.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,24 +24,24 @@ from cli.output import (
     totals_table,
 )
 from cli.progress import StageBars
+from cli.spec_options import (
+    Augmentation,
+    AugmentOption,
+    BlockSizeOption,
+    CentroidsOption,
+    MaxDropOption,
+    MethodOption,
+    ScalarOption,
+    SparsityOption,
+    SpecOptions,
+    ThresholdOption,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from compression import CompressionSpec
     from compression.data import Dataset
-
-
-class Method(StrEnum):
-    pq = "pq"
-    kmeans = "kmeans"
-
-
-class Augmentation(StrEnum):  # compression.config.AUGMENTS (the CLI imports torch lazily)
-    auto = "auto"
-    none = "none"
-    shift = "shift"
-    crop_flip = "crop-flip"
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
@@ -54,13 +52,6 @@ DownloadOption = Annotated[
     bool, typer.Option(help="Allow downloading a built-in data set that is not on disk.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-AugmentOption = Annotated[
-    Augmentation | None,
-    typer.Option(
-        help="Augment training batches: shift (by up to 2 pixels), crop-flip, none; "
-        "default: auto (crop-flip for colour images, none for grey)."
-    ),
-]
 
 
 def register(app: typer.Typer) -> None:
@@ -217,27 +208,13 @@ def compress(
     num_classes: Annotated[
         int | None, typer.Option(help="Classes of the model's last layer.")
     ] = None,
-    sparsity: Annotated[
-        float | None, typer.Option(help="Prune this fraction of each layer.")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(help="Prune every |w| below this.")] = None,
-    max_accuracy_drop: Annotated[
-        float | None,
-        typer.Option(help="Scan tolerance on validation accuracy (0.003 = 0.3 points)."),
-    ] = None,
-    method: Annotated[Method | None, typer.Option(help="pq (product) or kmeans (scalar).")] = None,
-    block_size: Annotated[
-        int | None, typer.Option(help="Sub-vector size d (default per layer).")
-    ] = None,
-    centroids: Annotated[int | None, typer.Option(help="Centroids per layer, 2..256.")] = None,
-    scalar_when_smaller: Annotated[
-        bool | None,
-        typer.Option(
-            "--scalar-when-smaller/--pq-everywhere",
-            help="With pq, give a layer scalar k-means where that is smaller and no less "
-            "accurate (the default), or keep PQ on every layer.",
-        ),
-    ] = None,
+    sparsity: SparsityOption = None,
+    threshold: ThresholdOption = None,
+    max_accuracy_drop: MaxDropOption = None,
+    method: MethodOption = None,
+    block_size: BlockSizeOption = None,
+    centroids: CentroidsOption = None,
+    scalar_when_smaller: ScalarOption = None,
     augment: AugmentOption = None,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     data_dir: DataDirOption = None,
@@ -247,26 +224,21 @@ def compress(
     force: ForceOption = False,
 ) -> None:
     """Compress a checkpoint into a .pqz: the whole pipeline with --data, else post-training."""
-    if sparsity is not None and threshold is not None:
-        fail("give --sparsity or --threshold, not both", code=2)
+    options = SpecOptions(
+        sparsity=sparsity,
+        threshold=threshold,
+        max_accuracy_drop=max_accuracy_drop,
+        method=method,
+        block_size=block_size,
+        centroids=centroids,
+        scalar_when_smaller=scalar_when_smaller,
+        augment=augment,
+    )
     check_output(output, force=force, source=checkpoint)
     from compression import load_checkpoint
     from compression.pipeline import compress_model
 
-    config = _spec(
-        spec,
-        arch,
-        data,
-        num_classes,
-        sparsity,
-        threshold,
-        max_accuracy_drop,
-        method,
-        block_size,
-        centroids,
-        augment,
-        scalar_when_smaller,
-    )
+    config = _spec(spec, arch, data, num_classes, options)
     target = _device(device if device != "auto" else config.device)
     dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None
     classes = config.num_classes or (dataset.num_classes if dataset else None)
@@ -317,22 +289,10 @@ def compress(
 
 
 def _spec(
-    path: Path | None,
-    arch: str,
-    data: str | None,
-    num_classes: int | None,
-    sparsity: float | None,
-    threshold: float | None,
-    max_accuracy_drop: float | None,
-    method: Method | None,
-    block_size: int | None,
-    centroids: int | None,
-    augment: Augmentation | None = None,
-    scalar_when_smaller: bool | None = None,
+    path: Path | None, arch: str, data: str | None, num_classes: int | None, options: SpecOptions
 ) -> CompressionSpec:
     """The spec file (or defaults), with the command line's options taking precedence."""
     from compression import CompressionSpec, InvalidConfigError
-    from compression.config import PruneConfig, QuantConfig
 
     config = CompressionSpec()
     if path is not None:
@@ -340,32 +300,13 @@ def _spec(
             config = CompressionSpec.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
             raise InvalidConfigError(f"spec {path} is not valid JSON: {error}") from None
-    config = dataclasses.replace(
-        config,
-        arch=arch,
-        data=data or config.data,
-        num_classes=num_classes or config.num_classes,
-        augment=augment.value if augment is not None else config.augment,
-    )
-    prune: dict[str, Any] = {}
-    if sparsity is not None or threshold is not None:
-        prune |= {"sparsity": sparsity, "threshold": threshold}
-    if max_accuracy_drop is not None:
-        prune["max_accuracy_drop"] = max_accuracy_drop
-    if prune:
-        base = config.prune or PruneConfig()
-        config = dataclasses.replace(config, prune=dataclasses.replace(base, **prune))
-    quantize = {
-        "method": method and method.value,
-        "block_size": block_size,
-        "n_centroids": centroids,
-        "scalar_when_smaller": scalar_when_smaller,
+    document = options.apply(config.to_dict())
+    document |= {
+        "arch": arch,
+        "data": data or config.data,
+        "num_classes": num_classes or config.num_classes,
     }
-    quantize = {key: value for key, value in quantize.items() if value is not None}
-    if quantize:
-        merged = QuantConfig.from_dict({**config.quantize.to_dict(), **quantize})
-        config = dataclasses.replace(config, quantize=merged)
-    return config
+    return CompressionSpec.from_dict(document)
 
 
 def _dataset(source: str, data_dir: Path | None, download: bool, arch: str, seed: int) -> Dataset:

@@ -101,3 +101,39 @@ def test_submit_with_an_invalid_spec_says_so_before_uploading(
         "(allowed: epochs, lr, batch_size, distill, scope, layerwise_epochs)"
     )
     assert _stored(settings) == (0, 0, 0)
+
+
+def test_submit_options_override_the_spec_file_as_compress_does(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"prune": {"threshold": 0.1}, "quantize": {"n_iter": 5}}))
+    args = ["--sparsity", "0.5", "--method", "kmeans", "--centroids", "16", "--pq-everywhere"]
+    result = pqz(
+        "submit", str(checkpoint), "--arch", "lenet-5", "--spec", str(spec), *args,
+        "--augment", "shift", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)["spec"]
+    assert (job["prune"]["sparsity"], job["prune"]["threshold"]) == (0.5, None)
+    quantize = job["quantize"]
+    assert (quantize["method"], quantize["n_centroids"], quantize["n_iter"]) == ("kmeans", 16, 5)
+    assert quantize["scalar_when_smaller"] is False
+    assert job["augment"] == "shift"
+
+
+def test_submit_with_a_spec_that_is_not_an_object_fails_in_one_line(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    spec = tmp_path / "spec.json"
+    spec.write_text("[1]")
+    result = pqz(
+        "submit", str(checkpoint), "--arch", "lenet-5", "--spec", str(spec), "--sparsity", "0.5"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: invalid spec: spec must be an object, got [1]"
+    assert _stored(settings) == (0, 0, 0)

@@ -1,0 +1,54 @@
+"""The spec options `pqz compress` and `pqz submit` share, applied to a spec document."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.spec_options import Augmentation, Method, SpecOptions
+
+
+def test_options_replace_the_files_values_and_keep_the_rest() -> None:
+    document = {
+        "prune": {"threshold": 0.1, "rounds": 3},
+        "quantize": {"n_iter": 5, "method": "pq"},
+        "seed": 7,
+    }
+    options = SpecOptions(
+        sparsity=0.5,
+        method=Method.kmeans,
+        centroids=16,
+        scalar_when_smaller=False,
+        augment=Augmentation.shift,
+    )
+    assert options.apply(document) == {
+        "prune": {"threshold": None, "rounds": 3, "sparsity": 0.5},
+        "quantize": {
+            "n_iter": 5,
+            "method": "kmeans",
+            "n_centroids": 16,
+            "scalar_when_smaller": False,
+        },
+        "seed": 7,
+        "augment": "shift",
+    }
+    assert document["prune"] == {"threshold": 0.1, "rounds": 3}  # the caller's is untouched
+
+
+def test_no_options_change_nothing_and_a_null_prune_section_takes_them() -> None:
+    document = {"prune": None, "quantize": {"block_size": 8}}
+    assert SpecOptions().apply(document) == document
+    assert SpecOptions(max_accuracy_drop=0.01).apply(document)["prune"] == {
+        "max_accuracy_drop": 0.01
+    }
+
+
+def test_a_section_that_is_not_an_object_is_left_for_validation_to_name() -> None:
+    document = {"quantize": [1, 2]}
+    assert SpecOptions(centroids=16).apply(document) == {"quantize": [1, 2]}
+
+
+def test_sparsity_and_threshold_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        SpecOptions(sparsity=0.5, threshold=0.1)
+    assert raised.value.code == 2
+    assert "give --sparsity or --threshold, not both" in capsys.readouterr().err
