@@ -7,6 +7,7 @@ whole name); an override of `None` skips the layer.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -52,7 +53,7 @@ def check_number(
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
         expected = "an integer" if integer else "a number"
-        raise InvalidConfigError(f"{name} must be {expected}, got {value!r}")
+        raise InvalidConfigError(f"{name} must be {expected}, got {shown(value)}")
     number = float(value)
     too_high = number >= high if high_open else number > high
     if not math.isfinite(number) or number < low or too_high:
@@ -68,9 +69,14 @@ def _bound(value: float) -> str:
     return f"{value:g}"
 
 
+def shown(value: object) -> str:
+    """A spec value as its JSON document wrote it (null, true, false), else as Python quotes it."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+
+
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise InvalidConfigError(f"{name} {value!r} is not one of {', '.join(choices)}")
+        raise InvalidConfigError(f"{name} {shown(value)} is not one of {', '.join(choices)}")
 
 
 def check_overrides(module_types: Mapping[str, object], modules: Mapping[str, object]) -> None:
@@ -171,7 +177,9 @@ class PruneConfig:
         check_number(self.retrain_lr, "retrain_lr", low=0.0, high=10.0)
         check_number(self.scan_samples, "scan_samples", low=0, high=1 << 30, integer=True)
         if not isinstance(self.distill, bool):
-            raise InvalidConfigError(f"prune distill must be true or false, got {self.distill!r}")
+            raise InvalidConfigError(
+                f"prune distill must be true or false, got {shown(self.distill)}"
+            )
 
     @property
     def default(self) -> PruneRule | None:
@@ -262,7 +270,7 @@ class QuantConfig:
         if not isinstance(self.scalar_when_smaller, bool):
             raise InvalidConfigError(
                 f"quantize scalar_when_smaller must be true or false, "
-                f"got {self.scalar_when_smaller!r}"
+                f"got {shown(self.scalar_when_smaller)}"
             )
         check_choice(self.fallback_dtype, "fallback_dtype", ("float32", "float16"))
         check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
@@ -346,7 +354,7 @@ class FinetuneConfig:
         check_number(self.batch_size, "finetune batch_size", low=1, high=1 << 16, integer=True)
         if not isinstance(self.distill, bool):
             raise InvalidConfigError(
-                f"finetune distill must be true or false, got {self.distill!r}"
+                f"finetune distill must be true or false, got {shown(self.distill)}"
             )
         check_choice(self.scope, "finetune scope", ("codebooks", "all"))
 
@@ -385,7 +393,7 @@ class CompressionSpec:
         for name in ("arch", "data"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidConfigError(f"{name} must be a non-empty string, got {value!r}")
+                raise InvalidConfigError(f"{name} must be a non-empty string, got {shown(value)}")
         if self.num_classes is not None:
             check_number(self.num_classes, "num_classes", low=1, high=1 << 20, integer=True)
         check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
