@@ -7,7 +7,8 @@
 Per row: baseline and compressed test accuracy, the drop, weight sparsity, the `.pqz` size and
 the real compression ratio (file bytes against fp32 bytes), and time per stage, for product
 quantization and scalar k-means side by side (`--methods pq-only` adds PQ with no layer given
-scalar k-means where that is smaller: the rule's effect on the same pruned model). Baselines are cached in --workdir and reused.
+scalar k-means where that is smaller: the rule's effect on the same pruned model). Baselines
+are cached in --workdir and reused.
 Beyond CompressionSpec's defaults, `spec_for` passes (for the LeNet rows): 8 pruning rounds,
 masked retraining at lr 0.02 for 3 epochs (12 on the 8,000-image MNIST subset) with
 distillation from the unpruned model, quantization one layer at a time with two thirds as many

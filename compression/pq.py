@@ -217,12 +217,16 @@ def _quantize_layer(
     )
 
 
+def code_bits(k: int) -> int:
+    """Bits per code for a codebook of `k` centroids (at least one), as the file packs them."""
+    return max(1, math.ceil(math.log2(max(k, 2))))
+
+
 def encoded_bytes(n_values: int, block_size: int, k: int) -> int:
     """Codes and fp16 codebook of `n_values` weights in sub-vectors of `block_size`, before
     entropy coding."""
     n_sub = -(-n_values // block_size)
-    code_bits = max(1, math.ceil(math.log2(max(k, 2))))
-    return math.ceil(n_sub * code_bits / 8) + k * block_size * 2
+    return math.ceil(n_sub * code_bits(k) / 8) + k * block_size * 2
 
 
 def _fit(

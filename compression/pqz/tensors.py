@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.errors import CorruptArtifactError
-from compression.pq import ProductQuantized, decode_weight
+from compression.pq import ProductQuantized, code_bits, decode_weight
 from compression.pqz import packing
 from compression.pqz.container import PqzContainer, SectionWriter, compress
 from compression.prune import WeightMask
@@ -126,18 +126,18 @@ def _encode_pq(
     assert isinstance(original, torch.Tensor)
     codebook = original.detach().to(torch.float16).cpu()  # (k, d)
     k, block_size = codebook.shape
-    code_bits = max(1, math.ceil(math.log2(max(k, 2))))
+    bits = code_bits(k)
     codes = pq.codes.cpu().numpy()
     fields: dict[str, Any] = {
         "encoding": "kmeans" if block_size == 1 else "pq",
         "block_size": block_size,
         "n_centroids": k,
-        "code_bits": code_bits,
+        "code_bits": bits,
         "n_codes": int(codes.size),
     }
     fields.update(_encode_mask(pq.mask, tensor.numel(), writer))
     fields["sections"]["codebook"] = writer.add(codebook.numpy().astype("<f2").tobytes())
-    fields["sections"]["codes"] = writer.add(packing.pack_codes(codes, code_bits))
+    fields["sections"]["codes"] = writer.add(packing.pack_codes(codes, bits))
     return fields
 
 
@@ -230,7 +230,7 @@ def _check_entry(entry: dict[str, Any], where: str, container: PqzContainer, use
             1 <= d <= 64 and 1 <= k <= 256
         ):
             raise CorruptArtifactError(f"{where} has invalid quantization fields")
-        if bits != max(1, math.ceil(math.log2(max(k, 2)))) or n_codes != -(-n_kept // d):
+        if bits != code_bits(k) or n_codes != -(-n_kept // d):
             raise CorruptArtifactError(f"{where} has inconsistent code width or code count")
         expected["codebook"] = (k * d * 2,) * 2
         expected["codes"] = (packing.packed_size(n_codes, bits),) * 2
