@@ -11,6 +11,7 @@ step halved. Rounds stop when no layer can go further or `rounds` are spent.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -83,9 +84,15 @@ def sensitivity(
     score: Score,
     levels: tuple[float, ...] = LEVELS,
     block_sizes: Mapping[str, int] | None = None,
+    stop: Callable[[float], bool] | None = None,
 ) -> list[SensitivityCurve]:
     """Scan each layer alone over the sparsity levels above its current one (pruning blocks of
-    `block_sizes[name]` weights, single weights by default)."""
+    `block_sizes[name]` weights, single weights by default).
+
+    With `stop` (accuracy -> bool), a layer's curve ends at the first level whose accuracy it
+    holds true for: where only the levels before that point decide, the rest would be
+    evaluated for nothing.
+    """
     curves = []
     for name, module in layers:
         mask = get_mask(module)
@@ -106,6 +113,8 @@ def sensitivity(
             points[2].append(score(model))
             with torch.no_grad():
                 mask.copy_(saved)
+            if stop is not None and stop(points[2][-1]):
+                break
         curves.append(SensitivityCurve(name, *points))
     return curves
 
@@ -115,7 +124,7 @@ def choose(curves: list[SensitivityCurve], reference: float, budget: float) -> d
     chosen = {}
     for curve in curves:
         for level, accuracy in zip(curve.sparsity, curve.accuracy, strict=True):
-            if reference - accuracy > budget:
+            if _beyond(reference, accuracy, budget):
                 break
             chosen[curve.name] = level
     return chosen
@@ -161,7 +170,17 @@ def prune_by_scan_(
         if report is not None:
             report(attempts / config.rounds, f"round {attempts + 1}: scanning {len(layers)} layers")
         reference = scan_score(model)
-        curves = sensitivity(model, layers, scan_score, block_sizes=sizes)
+        # The first scan's curves are kept whole (the thesis's plot); later scans only steer,
+        # and `choose` reads each curve only up to its first level beyond the budget.
+        curves = sensitivity(
+            model,
+            layers,
+            scan_score,
+            block_sizes=sizes,
+            stop=None
+            if not result.rounds
+            else functools.partial(_beyond, reference, budget=budget),
+        )
         current = {name: _sparsity(module) for name, module in layers}
         targets = {
             name: level
@@ -208,6 +227,10 @@ def prune_by_scan_(
         else:
             break
     return result
+
+
+def _beyond(reference: float, accuracy: float, budget: float) -> bool:
+    return reference - accuracy > budget
 
 
 def _sparsity(module: nn.Module) -> float:
