@@ -1,4 +1,4 @@
-"""The service's client: `pqz submit`, `jobs`, `status`, `cancel`, `download` (httpx + rich).
+"""The service's client (httpx + rich): `pqz` submit, wait, jobs, status, cancel, download.
 
 `PQZ_URL` (default http://127.0.0.1:8000) and `PQZ_API_KEY` configure it. Network errors and
 problem+json answers become one clear line each.
@@ -18,7 +18,16 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from cli.output import ForceOption, check_output, console, fail, human_bytes, print_json
+from cli.output import (
+    ForceOption,
+    check_output,
+    console,
+    errors,
+    fail,
+    human_bytes,
+    print_json,
+    require_file,
+)
 from cli.progress import StageBars
 from cli.spec_options import (
     AugmentOption,
@@ -26,6 +35,7 @@ from cli.spec_options import (
     CentroidsOption,
     MaxDropOption,
     MethodOption,
+    NumClassesOption,
     ScalarOption,
     SparsityOption,
     SpecOptions,
@@ -38,6 +48,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 def register(app: typer.Typer) -> None:
     app.command()(submit)
+    app.command()(wait)
     app.command()(jobs)
     app.command()(status)
     app.command()(cancel)
@@ -92,8 +103,7 @@ def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _upload(client: Client, path: Path, purpose: str) -> str:
-    if not path.is_file():
-        fail(f"no such file: {path}")
+    require_file(path)
     response = client.request(
         "POST",
         "/v1/files",
@@ -111,9 +121,7 @@ def _upload(client: Client, path: Path, purpose: str) -> str:
 def submit(
     checkpoint: Annotated[Path, typer.Argument(help="State dict (.pt/.pth, zip) or .safetensors.")],
     arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
-    num_classes: Annotated[
-        int | None, typer.Option(help="Classes of the model's last layer.")
-    ] = None,
+    num_classes: NumClassesOption = None,
     data: Annotated[
         str | None, typer.Option(help="A built-in data set name, or a local .npz to upload.")
     ] = None,
@@ -140,12 +148,14 @@ def submit(
         scalar_when_smaller=scalar_when_smaller,
         augment=augment,
     )
+    require_file(checkpoint)
     body: dict[str, Any] = {}
     if spec is not None:
+        require_file(spec)
         try:
             body = json.loads(spec.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            fail(f"cannot read spec {spec}: {error}")
+        except json.JSONDecodeError as error:
+            fail(f"spec {spec} is not valid JSON: {error}")
     if not isinstance(body, dict):
         _check_spec(body)  # refuses it, in the server's words
     body = options.apply(body)
@@ -176,16 +186,42 @@ def submit(
         raise
     payload = job.json()
     if wait:
-        payload = _follow(client, payload["id"], quiet=json_output)
-    failed = wait and payload["status"] != "succeeded"
-    if json_output:
+        errors.print(f"submitted {payload['id']}", highlight=False)
+        _finish(client, payload["id"], json_output=json_output)
+    elif json_output:
         print_json(payload)
-    elif failed:
-        fail(_summary(payload))  # one line on stderr, exit status 1
     else:
         console.print(_summary(payload), highlight=False, soft_wrap=True)
-    if failed:
+
+
+def wait(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Follow a job with a progress bar until it ends; exit status 1 unless it succeeds."""
+    _finish(Client(), job_id, json_output=json_output)
+
+
+def _finish(client: Client, job_id: str, *, json_output: bool) -> None:
+    """Follow the job, then print it; a job that did not succeed is one line and exit 1."""
+    try:
+        job = _follow(client, job_id, quiet=json_output)
+    except KeyboardInterrupt:
+        fail(
+            f"stopped waiting; {job_id} goes on (`pqz wait {job_id}` follows it again, "
+            f"`pqz cancel {job_id}` stops it)",
+            code=130,
+        )
+    if json_output:
+        print_json(job)
+    if job["status"] != "succeeded":
+        if not json_output:
+            fail(_summary(job))  # one line on stderr, exit status 1
         raise typer.Exit(1)
+    if not json_output:
+        console.print(_summary(job), highlight=False, soft_wrap=True)
+        for warning in (job.get("metrics") or {}).get("warnings", []):
+            errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def _discard(client: Client, file_ids: list[str]) -> None:
@@ -222,7 +258,8 @@ def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
             for event in events["data"]:
                 cursor = event["id"]
                 if event["progress"] is not None:
-                    bars("job", event["progress"], f"{event['stage'] or ''}: {event['message']}")
+                    stage = f"{event['stage']}: " if event["stage"] else ""
+                    bars("job", event["progress"], f"{stage}{event['message']}")
             job: dict[str, Any] = client.request("GET", f"/v1/jobs/{job_id}").json()
             if job["status"] in TERMINAL and not events["has_more"]:
                 bars("job", 1.0 if job["status"] == "succeeded" else job["progress"], job["status"])
@@ -232,7 +269,7 @@ def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
 
 def _summary(job: dict[str, Any]) -> str:
     line = f"{job['id']}: {job['status']}"
-    if job.get("stage"):
+    if job.get("stage") and job["status"] != "succeeded":  # where it is, or where it stopped
         line += f" ({job['stage']}, {job['progress']:.0%})"
     if job.get("error"):
         line += f" - {job['error']['code']}: {job['error']['message']}"

@@ -71,6 +71,7 @@ def inspect(
     """Show a .pqz file's layers, sizes, compression ratio and whether its checksum holds."""
     from compression import inspect_pqz
 
+    require_file(file)
     info = inspect_pqz(file).to_dict()
     if json_output:
         print_json(info)

@@ -32,8 +32,8 @@ def main() -> None:
     except typer.Abort:
         fail("interrupted", code=130)
     except OSError as error:
-        target = f": {error.filename}" if error.filename else ""
-        fail(f"{error.strerror or error}{target}")
+        # The file first, as the shell's own tools say it ("x.pqz: Permission denied").
+        fail(f"{error.filename}: {error.strerror}" if error.filename else str(error))
     except Exception as error:
         # compression's errors, without importing it here: that would load torch into commands
         # that never use it (`pqz api`). A CompressionError exists only once its module is loaded.

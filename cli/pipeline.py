@@ -31,6 +31,7 @@ from cli.spec_options import (
     CentroidsOption,
     MaxDropOption,
     MethodOption,
+    NumClassesOption,
     ScalarOption,
     SparsityOption,
     SpecOptions,
@@ -67,7 +68,7 @@ def train(
     epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 10.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
-    num_classes: Annotated[int | None, typer.Option(help="Default: the data set's.")] = None,
+    num_classes: NumClassesOption = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     device: DeviceOption = "auto",
@@ -77,6 +78,8 @@ def train(
     force: ForceOption = False,
 ) -> None:
     """Train a baseline model on a data set and save its state dict (seeded, CPU or CUDA)."""
+    if not epochs > 0:  # zero epochs would save the random initial weights as a "baseline"
+        fail(f"--epochs must be more than 0, got {epochs:g}", code=2)
     check_output(output, force=force)
     import torch
 
@@ -93,7 +96,7 @@ def train(
     target = _device(device)
     dataset = _dataset(data, data_dir, download, arch, seed)
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes or dataset.num_classes)
+    model = build_model(arch, dataset.num_classes if num_classes is None else num_classes)
     started = time.perf_counter()
     with StageBars(enabled=not json_output) as bars:
         fit(
@@ -132,7 +135,7 @@ def evaluate(
     file: Annotated[Path, typer.Argument(help="A .pqz file, or a checkpoint with --arch.")],
     data: Annotated[str, typer.Option("--data", help="Data set name, image folder or .npz.")],
     arch: Annotated[str | None, typer.Option(help="Architecture of a checkpoint.")] = None,
-    num_classes: Annotated[int | None, typer.Option(help="Default: the data set's.")] = None,
+    num_classes: NumClassesOption = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     device: DeviceOption = "auto",
@@ -172,7 +175,9 @@ def evaluate(
         calibration = next(batches(dataset, dataset.train, batch_size=64, device=target))[0]
         model = load_pqz(file, device=target, runtime=runtime, example_inputs=calibration)
     else:
-        model = load_checkpoint(file, architecture, num_classes or dataset.num_classes)
+        model = load_checkpoint(
+            file, architecture, dataset.num_classes if num_classes is None else num_classes
+        )
     result = {
         "accuracy": accuracy(model, dataset, dataset.test, device=target),
         "n": len(dataset.test),
@@ -205,9 +210,7 @@ def compress(
         str | None,
         typer.Option(help="Run the whole pipeline on this data set (name, folder, .npz)."),
     ] = None,
-    num_classes: Annotated[
-        int | None, typer.Option(help="Classes of the model's last layer.")
-    ] = None,
+    num_classes: NumClassesOption = None,
     sparsity: SparsityOption = None,
     threshold: ThresholdOption = None,
     max_accuracy_drop: MaxDropOption = None,
@@ -269,6 +272,8 @@ def compress(
             f"weight sparsity {metrics['weight_sparsity']:.1%}",
             highlight=False,
         )
+    for warning in metrics.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     rounds = metrics.get("prune", {}).get("rounds")
     if rounds is not None:
         kept = sum(1 for entry in rounds if entry["kept"])
@@ -296,6 +301,7 @@ def _spec(
 
     config = CompressionSpec()
     if path is not None:
+        require_file(path)
         try:
             config = CompressionSpec.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
@@ -304,7 +310,7 @@ def _spec(
     document |= {
         "arch": arch,
         "data": data or config.data,
-        "num_classes": num_classes or config.num_classes,
+        "num_classes": config.num_classes if num_classes is None else num_classes,
     }
     return CompressionSpec.from_dict(document)
 

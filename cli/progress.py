@@ -24,6 +24,10 @@ class StageBars:
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if not self.tasks:
+            # Started with the first bar: a command that fails before any leaves stderr to
+            # its one error line (rich writes a blank line when it stops a display).
+            self.progress.start()
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=1.0, message="")
         self.progress.update(
@@ -31,7 +35,6 @@ class StageBars:
         )
 
     def __enter__(self) -> StageBars:
-        self.progress.start()
         return self
 
     def __exit__(
@@ -40,4 +43,5 @@ class StageBars:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.progress.stop()
+        if self.tasks:
+            self.progress.stop()

@@ -35,6 +35,12 @@ AugmentOption = Annotated[
         "default: auto (crop-flip for colour images, none for grey)."
     ),
 ]
+NumClassesOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Classes of the model's last layer (default: the data set's, else the zoo's)."
+    ),
+]
 SparsityOption = Annotated[float | None, typer.Option(help="Prune this fraction of each layer.")]
 ThresholdOption = Annotated[float | None, typer.Option(help="Prune every |w| below this.")]
 MaxDropOption = Annotated[

@@ -282,7 +282,7 @@ def _idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
             raise InvalidConfigError(
                 f"data set '{name}' not found under {root} (looked in {root / name} and "
                 f"{root / TORCHVISION_FOLDER[name] / 'raw'}); set --data-dir or PQZ_DATA_DIR, "
-                "or allow downloading"
+                "or allow downloading (--download)"
             )
         import torchvision
 
@@ -311,7 +311,7 @@ def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
     except RuntimeError as error:
         raise InvalidConfigError(
             f"data set '{name}' not found under {root} ({error}); set --data-dir or PQZ_DATA_DIR, "
-            "allow downloading, or pass an image-folder directory"
+            "allow downloading (--download), or pass an image-folder directory"
         ) from None
     classes = 10 if name == "cifar10" else 100
     return (

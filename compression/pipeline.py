@@ -156,7 +156,31 @@ class Pipeline:
         self.metrics["final"] = self._accuracies()
         baseline = self.metrics["baseline"]["test_accuracy"]
         self.metrics["accuracy_drop"] = baseline - self.metrics["final"]["test_accuracy"]
+        warning = self._tolerance_warning()
+        if warning is not None:
+            self.metrics["warnings"] = [warning]
+            self.report("finetune")(1.0, f"warning: {warning}")
         self._done("finetune", started)
+
+    def _tolerance_warning(self) -> str | None:
+        """Said when the finished model lost more validation accuracy than the spec allows."""
+        prune = self.spec.prune
+        if prune is None:
+            return None
+        drop = self.metrics["baseline"]["val_accuracy"] - self.metrics["final"]["val_accuracy"]
+        if drop <= prune.max_accuracy_drop:
+            return None
+        why = (
+            "prune.sparsity and prune.threshold are applied as given; without them the "
+            "threshold scan keeps pruning within the tolerance"
+            if prune.sparsity is not None or prune.threshold is not None
+            else "the scan kept pruning within it; quantization lost the rest"
+        )
+        return (
+            f"validation accuracy fell {100 * drop:.2f} points, more than the "
+            f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop {prune.max_accuracy_drop} "
+            f"allows ({why})"
+        )
 
     def package(
         self, output: str | os.PathLike[str], *, architecture: str, num_classes: int

@@ -90,6 +90,8 @@ def train(
         for x, y in _epoch(dataset, config, device, generator):
             with autocast(device):
                 logits = model(x)  # (batch, classes)
+                if step == 0:
+                    _check_outputs(logits, dataset)
                 loss = F.cross_entropy(logits.float(), y)
                 if teacher is not None:
                     with torch.no_grad():
@@ -160,7 +162,20 @@ def evaluate(
     if limit is not None and limit < len(split):
         split = Split(split.x[:limit], split.y[:limit])
     correct = 0
-    for x, y in batches(dataset, split, batch_size=batch_size, device=device):
+    for index, (x, y) in enumerate(batches(dataset, split, batch_size=batch_size, device=device)):
         with autocast(device):
-            correct += int((model(x).argmax(1) == y).sum())
+            logits = model(x)  # (batch, classes)
+        if index == 0:
+            _check_outputs(logits, dataset)
+        correct += int((logits.argmax(1) == y).sum())
     return correct / max(len(split), 1)
+
+
+def _check_outputs(logits: torch.Tensor, dataset: Dataset) -> None:
+    """A model with fewer outputs than the data has classes cannot learn or score the rest."""
+    outputs = logits.shape[-1]
+    if outputs < dataset.num_classes:
+        raise InvalidConfigError(
+            f"the model has {outputs} outputs, but data set '{dataset.name}' has "
+            f"{dataset.num_classes} classes: num_classes must be at least {dataset.num_classes}"
+        )

@@ -124,6 +124,42 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             "Invalid value for '--augment': 'flip' is not one of 'auto', 'none', 'shift', "
             "'crop-flip' (see 'pqz train --help')",
         ),
+        (
+            [
+                "train",
+                "--arch",
+                "lenet-300-100",
+                "--data",
+                "digits",
+                "--num-classes",
+                "3",
+                "-o",
+                "{out}",
+            ],
+            1,
+            "the model has 3 outputs, but data set 'digits' has 10 classes: num_classes must "
+            "be at least 10",
+        ),
+        (
+            [
+                "train",
+                "--arch",
+                "lenet-300-100",
+                "--data",
+                "digits",
+                "--epochs",
+                "0",
+                "-o",
+                "{out}",
+            ],
+            2,
+            "--epochs must be more than 0, got 0",
+        ),
+        (
+            ["compress", "{ckpt}", "--arch", "lenet-300-100", "--num-classes", "0", "-o", "{out}"],
+            2,
+            "Invalid value for '--num-classes'",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,13 +19,15 @@ from compression import (
     load_pqz,
     prune_,
     quantize_,
+    scan,
 )
 from compression.config import FinetuneConfig, TrainConfig
 from compression.data import Dataset, fit_to, load_dataset
+from compression.errors import InvalidConfigError
 from compression.finetune import codebooks, finetune
 from compression.pipeline import Pipeline, compress_model, prune_block_sizes
 from compression.prune import clone_model, prunable_layers
-from compression.scan import prune_by_scan_
+from compression.scan import ScanResult, SensitivityCurve, choose, prune_by_scan_, sensitivity
 from compression.train import evaluate, train
 
 CPU = torch.device("cpu")
@@ -78,6 +81,74 @@ def test_scan_keeps_validation_accuracy_within_tolerance(
         1 - float(get_mask(module).float().mean()) for _, module, _ in prunable_layers(model)
     ]
     assert max(sparsities) >= 0.3  # the scan pruned something
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.02, 0.1])
+def test_a_curve_stopped_at_the_budget_is_a_prefix_that_chooses_the_same(
+    trained: nn.Module, digits: Dataset, budget: float
+) -> None:
+    model = copy.deepcopy(trained)
+    layers = [(name, module) for name, module, _ in prunable_layers(model)]
+    prune_(model, PruneConfig(sparsity=0.0))  # every layer masked, all kept, as the scan wants
+
+    def score(candidate: nn.Module) -> float:
+        return evaluate(candidate, digits, digits.val, device=CPU)
+
+    reference = score(model)
+    whole = sensitivity(model, layers, score)
+    stopped = sensitivity(model, layers, score, stop=lambda accuracy: reference - accuracy > budget)
+    assert choose(stopped, reference, budget) == choose(whole, reference, budget)
+    for short, full in zip(stopped, whole, strict=True):
+        n = len(short.accuracy)
+        assert (short.sparsity, short.accuracy) == (full.sparsity[:n], full.accuracy[:n])
+        beyond = [reference - accuracy > budget for accuracy in full.accuracy]
+        assert n == (beyond.index(True) + 1 if True in beyond else len(full.accuracy))
+    assert sum(len(c.accuracy) for c in stopped) < sum(len(c.accuracy) for c in whole)
+
+
+def test_later_scans_stop_each_curve_where_the_choice_is_made(
+    trained: nn.Module, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ending a steering scan's curves at the first level beyond the budget changes no round,
+    no mask and no kept curve; it only saves evaluations."""
+
+    def run() -> tuple[ScanResult, nn.Module, int]:
+        model = copy.deepcopy(trained)
+        calls = 0
+
+        def score(candidate: nn.Module) -> float:
+            nonlocal calls
+            calls += 1
+            return evaluate(candidate, digits, digits.val, device=CPU)
+
+        def retrain(candidate: nn.Module, round_index: int) -> None:
+            train(candidate, digits, TrainConfig(epochs=1, lr=0.01), device=CPU, seed=round_index)
+
+        result = prune_by_scan_(
+            model,
+            PruneConfig(max_accuracy_drop=0.04, rounds=4),
+            scan_score=score,
+            val_score=score,
+            retrain=retrain,
+        )
+        return result, model, calls
+
+    stopped, stopped_model, stopped_calls = run()
+    original = scan.sensitivity
+
+    def whole_curves(*args: Any, stop: object = None, **kwargs: Any) -> list[SensitivityCurve]:
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scan, "sensitivity", whole_curves)
+    whole, whole_model, whole_calls = run()
+
+    assert sum(r["kept"] for r in whole.rounds) >= 2  # a later scan steered
+    assert stopped.rounds == whole.rounds
+    for (_, a, _), (_, b, _) in zip(
+        prunable_layers(stopped_model), prunable_layers(whole_model), strict=True
+    ):
+        assert torch.equal(get_mask(a), get_mask(b))
+    assert stopped_calls < whole_calls
 
 
 def test_masks_survive_retraining_and_finetuning(trained: nn.Module, digits: Dataset) -> None:
@@ -153,6 +224,38 @@ def test_pipeline_writes_a_pqz_whose_accuracy_is_what_it_reports(
         runs = mask.flatten().view(-1, 4)
         assert bool((runs.all(dim=1) | ~runs.any(dim=1)).all())
     assert len([r for r in metrics["prune"]["rounds"] if "curves" in r]) == 1
+    val_drop = metrics["baseline"]["val_accuracy"] - metrics["final"]["val_accuracy"]
+    assert ("warnings" in metrics) == (val_drop > 0.03)
+
+
+def test_a_model_that_lost_more_than_the_tolerance_says_so(
+    trained: nn.Module, digits: Dataset, tmp_path: Path
+) -> None:
+    spec = CompressionSpec(
+        data="digits",
+        prune=PruneConfig(sparsity=0.98, max_accuracy_drop=0.01, retrain_epochs=0),
+        quantize=QuantConfig(n_centroids=2),
+        finetune=FinetuneConfig(epochs=0.1, layerwise_epochs=0),
+    )
+    messages: list[str] = []
+    info = compress_model(
+        copy.deepcopy(trained),
+        spec,
+        tmp_path / "lossy.pqz",
+        architecture="lenet-300-100",
+        num_classes=10,
+        dataset=digits,
+        device=CPU,
+        progress=lambda stage, fraction, message: messages.append(message),
+    )
+    metrics = info.metrics
+    drop = metrics["baseline"]["val_accuracy"] - metrics["final"]["val_accuracy"]
+    assert metrics["warnings"] == [
+        f"validation accuracy fell {100 * drop:.2f} points, more than the 1.00 that "
+        "max_accuracy_drop 0.01 allows (prune.sparsity and prune.threshold are applied as "
+        "given; without them the threshold scan keeps pruning within the tolerance)"
+    ]
+    assert f"warning: {metrics['warnings'][0]}" in messages
 
 
 @pytest.mark.parametrize(
@@ -332,6 +435,15 @@ def test_pruning_progress_never_goes_back(trained: nn.Module, digits: Dataset) -
     assert len(fractions) > 5
     assert fractions == sorted(fractions)
     assert any("(round 2)" in message for _, _, message in seen)
+
+
+def test_a_model_with_fewer_outputs_than_the_data_has_classes_is_refused(digits: Dataset) -> None:
+    model = build_model("lenet-300-100", 3)
+    message = "the model has 3 outputs, but data set 'digits' has 10 classes"
+    with pytest.raises(InvalidConfigError, match=message):
+        train(model, digits, TrainConfig(epochs=1), device=CPU)
+    with pytest.raises(InvalidConfigError, match=message):
+        evaluate(model, digits, digits.test, device=CPU)
 
 
 def test_training_that_diverges_stops_with_a_clear_error(digits: Dataset) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -46,13 +47,17 @@ def server_url(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture
-def pqz(server_url: str, alice: dict[str, str]) -> object:
+def client_env(server_url: str, alice: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
     env.update(PQZ_URL=server_url, PQZ_API_KEY=alice["Authorization"].removeprefix("Bearer "))
+    return env
 
+
+@pytest.fixture
+def pqz(client_env: dict[str, str]) -> object:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [PQZ, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+            [PQZ, *args], env=client_env, capture_output=True, text=True, timeout=120, check=False
         )
 
     return run
@@ -137,3 +142,31 @@ def test_submit_with_a_spec_that_is_not_an_object_fails_in_one_line(
     assert result.returncode == 1
     assert result.stderr.strip() == "error: invalid spec: spec must be an object, got [1]"
     assert _stored(settings) == (0, 0, 0)
+
+
+def test_wait_stopped_by_ctrl_c_says_the_job_goes_on_and_waits_again(
+    pqz, client_env: dict[str, str], tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    submitted = pqz("submit", str(checkpoint), "--arch", "lenet-300-100", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]  # queued: no worker runs in these tests
+
+    waiting = subprocess.Popen(
+        [PQZ, "wait", job_id], env=client_env, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(3)  # importing the CLI and the first poll
+    waiting.send_signal(signal.SIGINT)
+    _, stderr = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stopped waiting; {job_id} goes on (`pqz wait {job_id}` follows it again, "
+        f"`pqz cancel {job_id}` stops it)"
+    )
+    assert json.loads(pqz("status", job_id, "--json").stdout)["status"] == "queued"
+
+    assert pqz("cancel", job_id).returncode == 0
+    again = pqz("wait", job_id)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1] == f"error: {job_id}: cancelled"
