@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.api.routes import files, health, jobs
@@ -58,7 +59,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         if thread is not None:
             thread.join(timeout=5)
 
-    app = FastAPI(
+    # The API reference at /docs (and /redoc) from assets the package carries: a GPU box
+    # without internet gets a working page, not a blank one waiting on a CDN.
+    app = FastAPIOffline(
         title="pqz",
         version=_version(),
         description="Upload a trained PyTorch checkpoint, compress it, download the .pqz.",

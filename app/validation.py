@@ -69,30 +69,33 @@ def _number(value: Any) -> str:
 
 
 def describe(error: ErrorDetails) -> tuple[str, str]:
-    """(field path, one sentence that names the field) for one pydantic error."""
+    """(field path, one sentence that names the field) for one pydantic error; the path is
+    empty where the error is the request body's as a whole."""
     kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "json_invalid":  # its loc ends in the character position, not a field
+        position = error["loc"][-1]
+        at = f" at character {position}" if isinstance(position, int) else ""
+        return "", f"the request body is not valid JSON{at}: {ctx.get('error', '')}"
     field = field_path(error["loc"])
+    subject = field or "the request body"
     given = f", got {quote(error.get('input'))}"
     if kind == "unknown_field":  # app.spec.KnownFields
-        where = field or "the request body"
         name = f"{field}.{ctx['field']}" if field else str(ctx["field"])
-        return name, f"unknown field {ctx['field']!r} in {where} (allowed: {ctx['allowed']})"
+        return name, f"unknown field {ctx['field']!r} in {subject} (allowed: {ctx['allowed']})"
     if kind == "missing":
-        return field, f"{field} is required"
-    if kind == "json_invalid":
-        return field, f"the request body is not valid JSON: {ctx.get('error', '')}"
+        return field, f"{subject} is required"
     if kind in _KINDS:
-        return field, f"{field} must be {_KINDS[kind]}{given}"
+        return field, f"{subject} must be {_KINDS[kind]}{given}"
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
-        return field, f"{field} must be {words} {_number(ctx[key])}{given}"
+        return field, f"{subject} must be {words} {_number(ctx[key])}{given}"
     if kind == "literal_error":
-        return field, f"{field} must be {ctx['expected']}{given}"
+        return field, f"{subject} must be {ctx['expected']}{given}"
     if kind == "string_too_short":
         rule = "must not be empty" if ctx.get("min_length") == 1 else "is too short"
-        return field, f"{field} {rule}{given}"
+        return field, f"{subject} {rule}{given}"
     if kind == "string_too_long":
-        return field, f"{field} must be at most {ctx['max_length']} characters long"
+        return field, f"{subject} must be at most {ctx['max_length']} characters long"
     if kind == "value_error":  # our validators word their message to follow the path
-        return field, f"{field} {ctx['error']}"
+        return field, f"{subject} {ctx['error']}"
     return field, f"{field}: {error['msg']}" if field else str(error["msg"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -269,6 +270,29 @@ def test_several_invalid_fields_are_all_listed(client: TestClient, alice: dict[s
     ]
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"checkpoint_file": "file-x", "spec": {',
+            "the request body is not valid JSON at character 39: Expecting property name "
+            "enclosed in double quotes",
+        ),
+        (b"[1]", "the request body must be an object, got [1]"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_named_as_the_body(
+    client: TestClient, alice: dict[str, str], body: bytes, message: str
+) -> None:
+    response = client.post(
+        "/v1/jobs", content=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["detail"] == message
+    assert problem["errors"] == [{"field": "", "message": message}]
+
+
 def test_spec_echoes_numbers_as_given(
     client: TestClient, alice: dict[str, str], checkpoint_bytes: bytes
 ) -> None:
@@ -349,6 +373,18 @@ def test_health_readiness_and_metrics(
     metrics = client.get("/metrics").text
     assert 'pqz_jobs{status="queued"} 1.0' in metrics
     assert client.get("/openapi.json").json()["info"]["title"] == "pqz"
+
+
+def test_the_api_reference_needs_nothing_from_the_internet(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert any(asset.endswith("swagger-ui-bundle.js") for asset in assets)
+    for asset in assets:
+        assert asset.startswith("/"), asset  # served by the API itself
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 1000, asset
 
 
 def test_readiness_fails_when_the_broker_is_unreachable(settings: Settings) -> None:
