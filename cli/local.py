@@ -16,7 +16,9 @@ from cli.output import (
     console,
     layer_table,
     print_json,
+    print_pipeline,
     require_file,
+    scan_tables,
     totals_table,
 )
 
@@ -66,9 +68,16 @@ def zoo(
 
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .pqz file.")],
+    scan: Annotated[
+        bool,
+        typer.Option(
+            "--scan", help="Also show the threshold scan's sensitivity curves and rounds."
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show a .pqz file's layers, sizes, compression ratio and whether its checksum holds."""
+    """Show a .pqz file's layers, sizes, compression ratio, what its pipeline recorded
+    (accuracy, pruning rounds) and whether its checksum holds."""
     from compression import inspect_pqz
 
     require_file(file)
@@ -80,6 +89,17 @@ def inspect(
         title = f"{file} ({architecture['name']}, {architecture['num_classes']} classes)"
         console.print(layer_table(info["layers"], title))
         console.print(totals_table(info))
+        print_pipeline(info["metrics"], info["spec"])
+        prune = info["metrics"].get("prune") or {}
+        if scan and "rounds" not in prune:
+            console.print(
+                "no threshold scan: this file was pruned to a fixed sparsity or threshold, or not "
+                "at all",
+                highlight=False,
+            )
+        elif scan:
+            for table in scan_tables(prune):
+                console.print(table)
     if not info["checksum_ok"]:
         raise typer.Exit(1)
 

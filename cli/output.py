@@ -112,5 +112,79 @@ def totals_table(info: dict[str, Any]) -> Table:
     return table
 
 
+def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
+    """What the pipeline recorded (compress's summary, and inspect's from the manifest)."""
+    if "final" in metrics:
+        console.print(
+            f"test accuracy {metrics['baseline']['test_accuracy']:.4f} -> "
+            f"{metrics['final']['test_accuracy']:.4f} on {metrics['final']['test_samples']} images "
+            f"(drop {100 * metrics['accuracy_drop']:.2f} points), "
+            f"weight sparsity {metrics['weight_sparsity']:.1%}",
+            highlight=False,
+        )
+    for warning in metrics.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    rounds = (metrics.get("prune") or {}).get("rounds")
+    if rounds is not None:
+        kept = sum(1 for entry in rounds if entry["kept"])
+        tolerance = (spec.get("prune") or {}).get("max_accuracy_drop", 0.0)
+        console.print(
+            f"pruning: {kept} of {len(rounds)} rounds kept (a round is undone when validation "
+            f"accuracy falls more than {100 * tolerance:.2f} points below the baseline)",
+            highlight=False,
+        )
+    for layer in (metrics.get("quantize") or {}).get("layers", []):
+        if layer["note"]:
+            # A note says why a layer is not plain PQ: kept in float, or given scalar k-means.
+            verb = "" if layer["encoding"] in ("pq", "kmeans") else "kept "
+            console.print(
+                f"[dim]{layer['name']}: {verb}{layer['encoding']} ({layer['note']})[/]",
+                highlight=False,
+            )
+
+
+def scan_tables(prune: dict[str, Any]) -> list[Table]:
+    """The threshold scan as the manifest keeps it: the first round's sensitivity curves
+    (validation accuracy with one layer pruned to each level), then every round's outcome."""
+    rounds = prune.get("rounds") or []
+    curves = rounds[0].get("curves", []) if rounds else []
+    levels = sorted({level for curve in curves for level in curve["sparsity"]})
+    reference = rounds[0].get("scan_reference") if rounds else None
+    unpruned = "" if reference is None else f", {reference:.3f} with none pruned"
+    sensitivity = Table(
+        title="threshold scan: validation accuracy with one layer pruned to each sparsity, "
+        f"on the scan's images{unpruned}",
+        title_justify="left",
+    )
+    sensitivity.add_column("layer")
+    for level in levels:
+        sensitivity.add_column(f"{level:.1%}".replace(".0%", "%"), justify="right")
+    sensitivity.add_column("final", justify="right")
+    final = prune.get("layers") or {}
+    for curve in curves:
+        by_level = dict(zip(curve["sparsity"], curve["accuracy"], strict=True))
+        cells = [f"{by_level[level]:.3f}" if level in by_level else "" for level in levels]
+        sensitivity.add_row(curve["name"], *cells, _percent(final.get(curve["name"])))
+    history = Table(title="pruning rounds", title_justify="left")
+    for column in ("round", "budget", "target sparsity", "val accuracy", "kept"):
+        history.add_column(column, justify="left" if column == "target sparsity" else "right")
+    for entry in rounds:
+        targets = ", ".join(
+            f"{name} {level:.1%}" for name, level in entry["target_sparsity"].items()
+        )
+        history.add_row(
+            str(entry["round"]),
+            f"{100 * entry['budget']:.2f} pts",
+            targets,
+            f"{entry['val_accuracy']:.4f}",
+            "yes" if entry["kept"] else "[dim]undone[/]",
+        )
+    return [sensitivity, history]
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
 def _blank(value: object) -> str:
     return "" if value is None else str(value)

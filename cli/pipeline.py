@@ -20,6 +20,7 @@ from cli.output import (
     fail,
     layer_table,
     print_json,
+    print_pipeline,
     require_file,
     totals_table,
 )
@@ -263,34 +264,7 @@ def compress(
         return
     console.print(layer_table(info.layers, f"{output} ({arch})"))
     console.print(totals_table(info.to_dict()))
-    metrics = info.metrics
-    if "final" in metrics:
-        console.print(
-            f"test accuracy {metrics['baseline']['test_accuracy']:.4f} -> "
-            f"{metrics['final']['test_accuracy']:.4f} on {metrics['final']['test_samples']} images "
-            f"(drop {100 * metrics['accuracy_drop']:.2f} points), "
-            f"weight sparsity {metrics['weight_sparsity']:.1%}",
-            highlight=False,
-        )
-    for warning in metrics.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    rounds = metrics.get("prune", {}).get("rounds")
-    if rounds is not None:
-        kept = sum(1 for entry in rounds if entry["kept"])
-        tolerance = config.prune.max_accuracy_drop if config.prune else 0.0
-        console.print(
-            f"pruning: {kept} of {len(rounds)} rounds kept (a round is undone when validation "
-            f"accuracy falls more than {100 * tolerance:.2f} points below the baseline)",
-            highlight=False,
-        )
-    for layer in metrics["quantize"]["layers"]:
-        if layer["note"]:
-            # A note says why a layer is not plain PQ: kept in float, or given scalar k-means.
-            verb = "" if layer["encoding"] in ("pq", "kmeans") else "kept "
-            console.print(
-                f"[dim]{layer['name']}: {verb}{layer['encoding']} ({layer['note']})[/]",
-                highlight=False,
-            )
+    print_pipeline(info.metrics, info.spec)
 
 
 def _spec(

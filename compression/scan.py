@@ -205,7 +205,14 @@ def prune_by_scan_(
                     "kept": kept,
                     # The first scan's curves (the trained model's sensitivity, the thesis's
                     # plot) are kept; later ones only steer, and would weigh ~10% of a file.
-                    **({} if result.rounds else {"curves": [_rounded(c) for c in curves]}),
+                    **(
+                        {}
+                        if result.rounds
+                        else {
+                            "scan_reference": round(reference, 4),
+                            "curves": [_rounded(c) for c in curves],
+                        }
+                    ),
                 }
             )
             if report is not None:

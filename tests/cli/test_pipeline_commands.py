@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,21 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         "arch": "lenet-300-100",
         "runtime": "dense",
     }
+    # What the pipeline recorded, read back from the file alone.
+    inspected = run("inspect", str(out), "--scan")
+    assert inspected.returncode == 0, inspected.stderr
+    assert f"-> {final['test_accuracy']:.4f} on 360 images" in inspected.stdout
+    prune = info["metrics"]["prune"]
+    (first,) = prune["rounds"]
+    assert "threshold scan: validation accuracy with one layer pruned" in inspected.stdout
+    assert f"{first['scan_reference']:.3f} with none pruned" in inspected.stdout
+    for curve in first["curves"]:
+        row = next(line for line in inspected.stdout.splitlines() if f" {curve['name']} " in line)
+        assert [f"{value:.3f}" for value in curve["accuracy"]] == [
+            cell for cell in row.replace("│", " ").split()[1:-1]
+        ]
+    outcome = "yes" if first["kept"] else "undone"
+    assert re.search(rf"│ +1 │ .* │ +{first['val_accuracy']:.4f} │ +{outcome} │", inspected.stdout)
 
 
 @pytest.mark.parametrize(
