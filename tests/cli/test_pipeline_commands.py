@@ -108,9 +108,8 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     assert f"{first['scan_reference']:.3f} with none pruned" in inspected.stdout
     for curve in first["curves"]:
         row = next(line for line in inspected.stdout.splitlines() if f" {curve['name']} " in line)
-        assert [f"{value:.3f}" for value in curve["accuracy"]] == [
-            cell for cell in row.replace("│", " ").split()[1:-1]
-        ]
+        cells = row.replace("│", " ").split()[1:-1]  # between the name and the final sparsity
+        assert [f"{value:.3f}" for value in curve["accuracy"]] == cells
     outcome = "yes" if first["kept"] else "undone"
     assert re.search(rf"│ +1 │ .* │ +{first['val_accuracy']:.4f} │ +{outcome} │", inspected.stdout)
 
