@@ -78,6 +78,9 @@ def describe(error: ErrorDetails) -> tuple[str, str]:
         return "", f"the request body is not valid JSON{at}: {ctx.get('error', '')}"
     field = field_path(error["loc"])
     subject = field or "the request body"
+    if not field and isinstance(error.get("input"), bytes | str) and kind in _KINDS:
+        # FastAPI hands over the raw bytes of a body not sent as JSON.
+        return "", "the request body must be a JSON object sent with Content-Type: application/json"
     given = f", got {quote(error.get('input'))}"
     if kind == "unknown_field":  # app.spec.KnownFields
         name = f"{field}.{ctx['field']}" if field else str(ctx["field"])

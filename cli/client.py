@@ -26,6 +26,7 @@ from cli.output import (
     fail,
     human_bytes,
     print_json,
+    print_warnings,
     require_file,
 )
 from cli.progress import StageBars
@@ -219,9 +220,8 @@ def _finish(client: Client, job_id: str, *, json_output: bool) -> None:
             fail(_summary(job))  # one line on stderr, exit status 1
         raise typer.Exit(1)
     if not json_output:
-        console.print(_summary(job), highlight=False, soft_wrap=True)
-        for warning in (job.get("metrics") or {}).get("warnings", []):
-            errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(_summary(job, warnings_below=True), highlight=False, soft_wrap=True)
+        print_warnings(job.get("metrics") or {})
 
 
 def _discard(client: Client, file_ids: list[str]) -> None:
@@ -267,7 +267,8 @@ def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
             time.sleep(0.5)
 
 
-def _summary(job: dict[str, Any]) -> str:
+def _summary(job: dict[str, Any], *, warnings_below: bool = False) -> str:
+    """One line for a job; its warnings are counted here unless printed below it."""
     line = f"{job['id']}: {job['status']}"
     if job.get("stage") and job["status"] != "succeeded":  # where it is, or where it stopped
         line += f" ({job['stage']}, {job['progress']:.0%})"
@@ -278,7 +279,11 @@ def _summary(job: dict[str, Any]) -> str:
         size = human_bytes(metrics["file_size_bytes"])
         line += f" - {size}, {metrics['compression_ratio']:.1f}x smaller"
     if "final" in metrics:
-        line += f", test accuracy {metrics['final']['test_accuracy']:.4f}"
+        before, after = metrics["baseline"]["test_accuracy"], metrics["final"]["test_accuracy"]
+        line += f", test accuracy {before:.4f} -> {after:.4f}"
+    count = len(metrics.get("warnings", []))
+    if count and not warnings_below:
+        line += f" ({count} warning{'s' if count > 1 else ''}: `pqz status {job['id']}`)"
     return line
 
 
@@ -306,7 +311,8 @@ def status(
     if json_output:
         print_json(job)
     else:
-        console.print(_summary(job), highlight=False, soft_wrap=True)
+        console.print(_summary(job, warnings_below=True), highlight=False, soft_wrap=True)
+        print_warnings(job.get("metrics") or {})
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:

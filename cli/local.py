@@ -99,7 +99,7 @@ def inspect(
             )
         elif scan:
             for table in scan_tables(prune):
-                console.print(table)
+                console.print(table, highlight=False)
     if not info["checksum_ok"]:
         raise typer.Exit(1)
 

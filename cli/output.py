@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 # Piped output is not cut at 80 columns: names and ids must stay whole for grep and copy.
@@ -115,15 +115,15 @@ def totals_table(info: dict[str, Any]) -> Table:
 def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
     """What the pipeline recorded (compress's summary, and inspect's from the manifest)."""
     if "final" in metrics:
+        drop = 100 * metrics["accuracy_drop"]
+        change = f"drop {drop:.2f} points" if drop >= 0 else f"a gain of {-drop:.2f} points"
         console.print(
             f"test accuracy {metrics['baseline']['test_accuracy']:.4f} -> "
             f"{metrics['final']['test_accuracy']:.4f} on {metrics['final']['test_samples']} images "
-            f"(drop {100 * metrics['accuracy_drop']:.2f} points), "
-            f"weight sparsity {metrics['weight_sparsity']:.1%}",
+            f"({change}), weight sparsity {metrics['weight_sparsity']:.1%}",
             highlight=False,
         )
-    for warning in metrics.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    print_warnings(metrics)
     rounds = (metrics.get("prune") or {}).get("rounds")
     if rounds is not None:
         kept = sum(1 for entry in rounds if entry["kept"])
@@ -143,28 +143,40 @@ def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
             )
 
 
-def scan_tables(prune: dict[str, Any]) -> list[Table]:
+def print_warnings(metrics: dict[str, Any]) -> None:
+    """A pipeline's warnings, on stderr as every command's warnings are."""
+    for warning in metrics.get("warnings", []):
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def scan_tables(prune: dict[str, Any], layers_per_table: int = 8) -> list[RenderableType]:
     """The threshold scan as the manifest keeps it: the first round's sensitivity curves
-    (validation accuracy with one layer pruned to each level), then every round's outcome."""
+    (validation accuracy with one layer pruned to each level; a curve reads down a column,
+    at most `layers_per_table` columns to a table so that it fits a terminal), then every
+    round's outcome."""
     rounds = prune.get("rounds") or []
     curves = rounds[0].get("curves", []) if rounds else []
     levels = sorted({level for curve in curves for level in curve["sparsity"]})
     reference = rounds[0].get("scan_reference") if rounds else None
-    unpruned = "" if reference is None else f", {reference:.3f} with none pruned"
-    sensitivity = Table(
-        title="threshold scan: validation accuracy with one layer pruned to each sparsity, "
-        f"on the scan's images{unpruned}",
-        title_justify="left",
-    )
-    sensitivity.add_column("layer")
-    for level in levels:
-        sensitivity.add_column(f"{level:.1%}".replace(".0%", "%"), justify="right")
-    sensitivity.add_column("final", justify="right")
+    unpruned = "" if reference is None else f"; {reference:.3f} with none pruned"
     final = prune.get("layers") or {}
-    for curve in curves:
-        by_level = dict(zip(curve["sparsity"], curve["accuracy"], strict=True))
-        cells = [f"{by_level[level]:.3f}" if level in by_level else "" for level in levels]
-        sensitivity.add_row(curve["name"], *cells, _percent(final.get(curve["name"])))
+    tables: list[RenderableType] = [
+        "threshold scan, first round: validation accuracy with one layer pruned to each "
+        f"sparsity, the others as they were (the scan's images{unpruned})"
+    ]
+    for start in range(0, len(curves), layers_per_table):
+        group = curves[start : start + layers_per_table]
+        table = Table()
+        table.add_column("sparsity", justify="right")
+        for curve in group:
+            table.add_column(curve["name"], justify="right")
+        accuracy = [dict(zip(c["sparsity"], c["accuracy"], strict=True)) for c in group]
+        for level in levels:
+            cells = [f"{by_level[level]:.3f}" if level in by_level else "" for by_level in accuracy]
+            table.add_row(_percent(level), *cells)
+        table.add_section()
+        table.add_row("[bold]pruned to[/]", *(_percent(final.get(c["name"])) for c in group))
+        tables.append(table)
     history = Table(title="pruning rounds", title_justify="left")
     for column in ("round", "budget", "target sparsity", "val accuracy", "kept"):
         history.add_column(column, justify="left" if column == "target sparsity" else "right")
@@ -179,7 +191,7 @@ def scan_tables(prune: dict[str, Any]) -> list[Table]:
             f"{entry['val_accuracy']:.4f}",
             "yes" if entry["kept"] else "[dim]undone[/]",
         )
-    return [sensitivity, history]
+    return [*tables, history]
 
 
 def _percent(value: float | None) -> str:

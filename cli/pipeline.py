@@ -21,6 +21,7 @@ from cli.output import (
     layer_table,
     print_json,
     print_pipeline,
+    print_warnings,
     require_file,
     totals_table,
 )
@@ -37,6 +38,7 @@ from cli.spec_options import (
     SparsityOption,
     SpecOptions,
     ThresholdOption,
+    positive,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +68,11 @@ def train(
     arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
     data: Annotated[str, typer.Option("--data", help="Data set name, image folder or .npz.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the state dict.")],
-    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 10.0,
+    epochs: Annotated[
+        float,
+        # Zero epochs would save the random initial weights as a "baseline".
+        typer.Option(help="Passes over the training split.", callback=positive),
+    ] = 10.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
     num_classes: NumClassesOption = None,
@@ -79,8 +85,6 @@ def train(
     force: ForceOption = False,
 ) -> None:
     """Train a baseline model on a data set and save its state dict (seeded, CPU or CUDA)."""
-    if not epochs > 0:  # zero epochs would save the random initial weights as a "baseline"
-        fail(f"--epochs must be more than 0, got {epochs:g}", code=2)
     check_output(output, force=force)
     import torch
 
@@ -159,9 +163,16 @@ def evaluate(
     with file.open("rb") as handle:
         is_pqz = handle.read(len(MAGIC)) == MAGIC
     if is_pqz:
-        architecture = inspect_pqz(file).architecture["name"]
+        stored = inspect_pqz(file).architecture
+        architecture = stored["name"]
         if arch is not None and arch != architecture:
             fail(f"{file} holds a '{architecture}', not --arch '{arch}'", code=2)
+        if num_classes is not None and num_classes != stored["num_classes"]:
+            fail(
+                f"{file} holds a model of {stored['num_classes']} classes, not "
+                f"--num-classes {num_classes}",
+                code=2,
+            )
     elif runtime != "dense":
         fail("--runtime applies to .pqz files; a checkpoint runs as it is", code=2)
     elif arch is None:
@@ -261,6 +272,7 @@ def compress(
         )
     if json_output:
         print_json(info.to_dict())
+        print_warnings(info.metrics)
         return
     console.print(layer_table(info.layers, f"{output} ({arch})"))
     console.print(totals_table(info.to_dict()))

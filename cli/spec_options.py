@@ -35,10 +35,20 @@ AugmentOption = Annotated[
         "default: auto (crop-flip for colour images, none for grey)."
     ),
 ]
+
+
+def positive(value: float | None) -> float | None:
+    """A typer callback: a count or amount that must be more than zero, or left out."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be more than 0, got {value:g}")
+    return value
+
+
 NumClassesOption = Annotated[
     int | None,
     typer.Option(
-        min=1, help="Classes of the model's last layer (default: the data set's, else the zoo's)."
+        callback=positive,
+        help="Classes of the model's last layer (default: the data set's, else the zoo's).",
     ),
 ]
 SparsityOption = Annotated[float | None, typer.Option(help="Prune this fraction of each layer.")]

@@ -104,12 +104,20 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     assert f"-> {final['test_accuracy']:.4f} on 360 images" in inspected.stdout
     prune = info["metrics"]["prune"]
     (first,) = prune["rounds"]
-    assert "threshold scan: validation accuracy with one layer pruned" in inspected.stdout
+    assert "threshold scan, first round: validation accuracy with one layer pruned" in (
+        inspected.stdout
+    )
     assert f"{first['scan_reference']:.3f} with none pruned" in inspected.stdout
-    for curve in first["curves"]:
-        row = next(line for line in inspected.stdout.splitlines() if f" {curve['name']} " in line)
-        cells = row.replace("│", " ").split()[1:-1]  # between the name and the final sparsity
-        assert [f"{value:.3f}" for value in curve["accuracy"]] == cells
+    rows = [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in inspected.stdout.splitlines()
+        if line.startswith("│")
+    ]
+    scan = {row[0]: row[1:] for row in rows if row[0].endswith("%") or row[0] == "pruned to"}
+    for column, curve in enumerate(first["curves"]):  # a curve reads down its layer's column
+        for level, accuracy in zip(curve["sparsity"], curve["accuracy"], strict=True):
+            assert scan[f"{level:.1%}"][column] == f"{accuracy:.3f}"
+        assert scan["pruned to"][column] == f"{prune['layers'][curve['name']]:.1%}"
     outcome = "yes" if first["kept"] else "undone"
     assert re.search(rf"│ +1 │ .* │ +{first['val_accuracy']:.4f} │ +{outcome} │", inspected.stdout)
 
@@ -168,12 +176,12 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
                 "{out}",
             ],
             2,
-            "--epochs must be more than 0, got 0",
+            "Invalid value for '--epochs': must be more than 0, got 0",
         ),
         (
             ["compress", "{ckpt}", "--arch", "lenet-300-100", "--num-classes", "0", "-o", "{out}"],
             2,
-            "Invalid value for '--num-classes'",
+            "Invalid value for '--num-classes': must be more than 0, got 0",
         ),
     ],
 )

@@ -271,21 +271,27 @@ def test_several_invalid_fields_are_all_listed(client: TestClient, alice: dict[s
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "content_type", "message"),
     [
         (
             b'{"checkpoint_file": "file-x", "spec": {',
+            "application/json",
             "the request body is not valid JSON at character 39: Expecting property name "
             "enclosed in double quotes",
         ),
-        (b"[1]", "the request body must be an object, got [1]"),
+        (b"[1]", "application/json", "the request body must be an object, got [1]"),
+        (
+            b'{"checkpoint_file": "file-x"}',
+            "text/plain",
+            "the request body must be a JSON object sent with Content-Type: application/json",
+        ),
     ],
 )
 def test_a_body_that_is_not_a_json_object_is_named_as_the_body(
-    client: TestClient, alice: dict[str, str], body: bytes, message: str
+    client: TestClient, alice: dict[str, str], body: bytes, content_type: str, message: str
 ) -> None:
     response = client.post(
-        "/v1/jobs", content=body, headers={**alice, "Content-Type": "application/json"}
+        "/v1/jobs", content=body, headers={**alice, "Content-Type": content_type}
     )
     assert response.status_code == 422
     problem = response.json()

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from app.main import create_app
 from db import catalog
-from db.models import Blob, BlobChunk, File
+from db.models import Blob, BlobChunk, File, Job, JobStatus
 from db.session import session_scope
 from db.settings import Settings
 
@@ -170,3 +170,30 @@ def test_wait_stopped_by_ctrl_c_says_the_job_goes_on_and_waits_again(
     again = pqz("wait", job_id)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1] == f"error: {job_id}: cancelled"
+
+
+def test_a_jobs_warning_is_counted_in_the_list_and_said_by_status(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    job_id = json.loads(pqz("submit", str(checkpoint), "--arch", "lenet-300-100", "--json").stdout)[
+        "id"
+    ]
+    warning = "validation accuracy fell 2.00 points, more than the 0.30 that ... allows (...)"
+    with session_scope(settings.resolved_database_url) as session:  # as a worker records it
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status, job.stage, job.progress = JobStatus.succeeded, "package", 1.0
+        job.metrics = {
+            "baseline": {"test_accuracy": 0.9},
+            "final": {"test_accuracy": 0.88},
+            "warnings": [warning],
+        }
+    listed = pqz("jobs")
+    assert listed.stdout.strip() == (
+        f"{job_id}: succeeded, test accuracy 0.9000 -> 0.8800 (1 warning: `pqz status {job_id}`)"
+    )
+    shown = pqz("status", job_id)
+    assert shown.stdout.strip() == f"{job_id}: succeeded, test accuracy 0.9000 -> 0.8800"
+    assert shown.stderr.strip() == f"warning: {warning}"
