@@ -174,7 +174,7 @@ class Pipeline:
             "prune.sparsity and prune.threshold are applied as given; without them the "
             "threshold scan keeps pruning within the tolerance"
             if prune.sparsity is not None or prune.threshold is not None
-            else "the scan kept pruning within it; quantization lost the rest"
+            else "the scan kept pruning within it; quantization and fine-tuning lost the rest"
         )
         return (
             f"validation accuracy fell {100 * drop:.2f} points, more than the "
