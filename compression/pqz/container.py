@@ -181,7 +181,10 @@ def read_container(path: str | os.PathLike[str], *, verify: bool = True) -> PqzC
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(file_path))
     if size > MAX_FILE_BYTES:
         raise CorruptArtifactError(f"{file_path} is {size} bytes, more than a .pqz may hold")
-    return parse_container(file_path.read_bytes(), verify=verify)
+    try:
+        return parse_container(file_path.read_bytes(), verify=verify)
+    except CorruptArtifactError as error:  # which file, for a user holding several
+        raise CorruptArtifactError(f"{file_path}: {error}") from None
 
 
 def parse_container(data: bytes, *, verify: bool = True) -> PqzContainer:

@@ -199,8 +199,10 @@ def test_flipped_bytes_are_rejected(
 def test_wrong_magic_is_named(tmp_path: Path, artifact: bytes) -> None:
     with pytest.raises(CorruptArtifactError, match="not a .pqz file"):
         load_pqz(_write(tmp_path, b"PK\x03\x04" + artifact[4:]))
-    with pytest.raises(CorruptArtifactError, match="not a .pqz file"):
-        load_pqz(_write(tmp_path, b"hello"))
+    path = _write(tmp_path, b"hello")
+    with pytest.raises(CorruptArtifactError) as raised:
+        load_pqz(path)
+    assert str(raised.value) == f"{path}: not a .pqz file (wrong magic bytes)"
 
 
 def _resign(data: bytes) -> bytes:
