@@ -220,8 +220,7 @@ def _finish(client: Client, job_id: str, *, json_output: bool) -> None:
             fail(_summary(job))  # one line on stderr, exit status 1
         raise typer.Exit(1)
     if not json_output:
-        console.print(_summary(job, warnings_below=True), highlight=False, soft_wrap=True)
-        print_warnings(job.get("metrics") or {})
+        _show(job)
 
 
 def _discard(client: Client, file_ids: list[str]) -> None:
@@ -265,6 +264,12 @@ def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
                 bars("job", 1.0 if job["status"] == "succeeded" else job["progress"], job["status"])
                 return job
             time.sleep(0.5)
+
+
+def _show(job: dict[str, Any]) -> None:
+    """One job in full: its line, then its warnings (on stderr)."""
+    console.print(_summary(job, warnings_below=True), highlight=False, soft_wrap=True)
+    print_warnings(job.get("metrics") or {})
 
 
 def _summary(job: dict[str, Any], *, warnings_below: bool = False) -> str:
@@ -311,8 +316,7 @@ def status(
     if json_output:
         print_json(job)
     else:
-        console.print(_summary(job, warnings_below=True), highlight=False, soft_wrap=True)
-        print_warnings(job.get("metrics") or {})
+        _show(job)
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
