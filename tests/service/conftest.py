@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from compression import build_model
+from db.blobs import write_blob
 from db.jobs import create_api_key
 from db.migrate import upgrade
+from db.models import File
 from db.session import get_engine, session_scope
 from db.settings import Settings
 
@@ -126,6 +128,24 @@ def upload(
     )
     assert response.status_code == 201, response.text
     file_id: str = response.json()["id"]
+    return file_id
+
+
+def store_unchecked(
+    client: TestClient,
+    headers: dict[str, str],
+    settings: Settings,
+    data: bytes,
+    purpose: str = "checkpoint",
+) -> str:
+    """A file holding `data` that the API's upload check never saw (as one stored before that
+    check existed): what the worker's own checks must still refuse."""
+    file_id = upload(client, headers, b"", purpose)  # an empty file passes the upload check
+    with session_scope(settings.resolved_database_url) as session:
+        blob = write_blob(session, [data], chunk_bytes=settings.chunk_bytes)
+        file = session.get(File, file_id)
+        assert file is not None
+        file.blob_id, file.size_bytes, file.sha256 = blob.id, blob.size_bytes, blob.sha256 or ""
     return file_id
 
 

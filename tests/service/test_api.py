@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import re
+import zipfile
+from collections.abc import Iterator
 
+import numpy as np
 import pytest
+import safetensors.numpy
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -44,6 +50,7 @@ def test_upload_over_the_cap_is_413_and_leaves_nothing(
     assert response.headers["content-type"] == "application/problem+json"
 
     def chunks():  # no Content-Length: the cap is enforced while streaming
+        yield b"PK\x03\x04"  # a zip's first bytes, so that it is the size that is refused
         for _ in range(settings.max_upload_bytes // (1 << 20) + 2):
             yield b"\1" * (1 << 20)
 
@@ -52,6 +59,96 @@ def test_upload_over_the_cap_is_413_and_leaves_nothing(
     )
     assert response.status_code == 413
     assert "over the limit" in response.json()["detail"]
+    assert _count(settings, Blob) == 0
+    assert _count(settings, BlobChunk) == 0
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("purpose", "data"),
+    [
+        ("checkpoint", _zip()),  # torch.save's zip format (what is inside, the worker checks)
+        ("checkpoint", safetensors.numpy.save({"w": np.zeros(3, np.float32)})),
+        ("dataset", _zip()),  # numpy.savez's
+        ("checkpoint", b""),  # refused when a job names it, with its own message
+    ],
+)
+def test_uploads_a_job_could_read_are_kept(
+    client: TestClient, alice: dict[str, str], purpose: str, data: bytes
+) -> None:
+    file_id = upload(client, alice, data, purpose)
+    assert client.get(f"/v1/files/{file_id}", headers=alice).json()["size_bytes"] == len(data)
+
+
+LEGACY = pickle.dumps({"w": [1.0]}, protocol=2)
+WHAT_TO_UPLOAD = (
+    "; upload a state dict saved with torch.save(model.state_dict(), path) or a .safetensors file"
+)
+
+
+@pytest.mark.parametrize(
+    ("purpose", "data", "detail"),
+    [
+        (
+            "checkpoint",
+            LEGACY,
+            "the checkpoint upload is in the legacy (non-zip) torch.save format or a bare "
+            "pickle, never unpickled" + WHAT_TO_UPLOAD,
+        ),
+        (
+            "checkpoint",
+            b"\x7fELF\x02\x01\x01" + bytes(100),
+            "the checkpoint upload is not a PyTorch checkpoint or safetensors file (it starts "
+            "with bytes 7f 45 4c 46 02 01 01 00)" + WHAT_TO_UPLOAD,
+        ),
+        (  # a safetensors header that says it is longer than the whole file
+            "checkpoint",
+            (1000).to_bytes(8, "little") + b'{"w": {}}',
+            "the checkpoint upload is not a PyTorch checkpoint or safetensors file (it starts "
+            "with bytes e8 03 00 00 00 00 00 00)" + WHAT_TO_UPLOAD,
+        ),
+        (
+            "dataset",
+            b"\x93NUMPY\x01\x00" + bytes(100),
+            "the dataset upload is a single .npy array, not an .npz archive; upload an .npz "
+            "file (numpy.savez) with x_train, y_train, x_test and y_test",
+        ),
+        (
+            "dataset",
+            b"x,y",
+            "the dataset upload is not an .npz (it starts with bytes 78 2c 79); upload an .npz "
+            "file (numpy.savez) with x_train, y_train, x_test and y_test",
+        ),
+    ],
+)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_upload_no_job_could_read_is_refused_at_once_and_leaves_nothing(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    purpose: str,
+    data: bytes,
+    detail: str,
+    streamed: bool,
+) -> None:
+    def pieces() -> Iterator[bytes]:  # no Content-Length; the head split, a tail to drop
+        yield from (data[:5], data[5:20], data[20:])
+
+    response = client.post(
+        "/v1/files",
+        params={"filename": "model.pt", "purpose": purpose},
+        content=pieces() if streamed else data,
+        headers=alice,
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == detail
     assert _count(settings, Blob) == 0
     assert _count(settings, BlobChunk) == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -90,6 +91,21 @@ def test_submit_refused_by_the_server_deletes_what_it_uploaded(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "queued"
     assert _stored(settings)[0] == 1
+
+
+def test_submit_of_a_file_no_job_could_read_is_refused_at_upload_in_one_line(
+    pqz, settings: Settings, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "model.pkl"
+    checkpoint.write_bytes(pickle.dumps({"fc1.weight": [0.0] * 1000}, protocol=2))
+    result = pqz("submit", str(checkpoint), "--arch", "lenet-5")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the checkpoint upload is in the legacy (non-zip) torch.save format or a bare "
+        "pickle, never unpickled; upload a state dict saved with "
+        "torch.save(model.state_dict(), path) or a .safetensors file (HTTP 422)"
+    ]
+    assert _stored(settings) == (0, 0, 0)
 
 
 def test_submit_with_an_invalid_spec_says_so_before_uploading(

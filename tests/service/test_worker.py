@@ -18,7 +18,7 @@ from db.jobs import claim, reap
 from db.models import Job, JobStatus
 from db.session import session_scope
 from db.settings import Settings
-from tests.service.conftest import submit, upload
+from tests.service.conftest import store_unchecked, submit, upload
 from worker.pipeline import Recorder, run_job
 
 
@@ -113,7 +113,8 @@ def test_bad_checkpoints_fail_with_invalid_checkpoint_and_run_nothing(
         buffer.write(os.urandom(4096))
     else:
         torch.save(build_model("lenet-5").state_dict(), buffer)
-    job_id = submit(client, alice, upload(client, alice, buffer.getvalue()))["id"]
+    file_id = store_unchecked(client, alice, settings, buffer.getvalue())
+    job_id = submit(client, alice, file_id)["id"]
     run_job(job_id, settings, worker="test-worker")
     job = _job(client, alice, job_id)
     assert job["status"] == "failed"
@@ -239,7 +240,7 @@ def test_an_unusable_data_upload_fails_the_job_without_naming_server_paths(
     client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
 ) -> None:
     checkpoint = upload(client, alice, checkpoint_bytes)
-    data = upload(client, alice, os.urandom(2000), purpose="dataset")
+    data = store_unchecked(client, alice, settings, os.urandom(2000), purpose="dataset")
     body = {"checkpoint_file": checkpoint, "data_file": data, "spec": {"arch": "lenet-300-100"}}
     job_id = client.post("/v1/jobs", json=body, headers=alice).json()["id"]
     run_job(job_id, settings, worker="test-worker")

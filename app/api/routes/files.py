@@ -13,6 +13,7 @@ from app.api.deps import FileDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem
 from app.idempotency import remember, replay
 from app.schemas import FileDeleted, FilePublic
+from app.uploads import HEAD_BYTES, refusal
 from db.blobs import BlobTooLargeError, BlobWriter, delete_blob
 from db.models import File, IdempotencyKey, Job
 
@@ -43,7 +44,9 @@ async def upload(
     """Upload a file as the raw request body (`Content-Type: application/octet-stream`).
 
     The body streams into the database in chunks; past PQZ_MAX_UPLOAD_BYTES the upload is
-    refused with 413 and nothing of it is kept.
+    refused with 413 and nothing of it is kept. A file that no job could read, told by its
+    first bytes (a checkpoint that is neither torch.save's zip format nor safetensors, a data
+    set that is not an .npz), is refused with 422 and not kept either.
     """
     if idempotency_key and (existing := replay(session, user, idempotency_key, "files")):
         file = session.get(File, existing)
@@ -58,15 +61,12 @@ async def upload(
     writer = await run_in_threadpool(
         BlobWriter, session, chunk_bytes=settings.chunk_bytes, max_bytes=limit
     )
-    pending = bytearray()
+    # The size is not known before the end: the declared one, or at most the limit.
+    bound = int(declared) if declared is not None and declared.isdigit() else limit
     try:
-        async for piece in request.stream():
-            pending += piece
-            if len(pending) >= settings.chunk_bytes:
-                await run_in_threadpool(writer.write, pending)  # copied into the writer's buffer
-                pending.clear()
-        await run_in_threadpool(writer.write, pending)
-        blob = await run_in_threadpool(writer.close)
+        refused = await _receive(request, writer, purpose, bound, settings.chunk_bytes)
+        if refused is None:
+            blob = await run_in_threadpool(writer.close)
     except BlobTooLargeError:
         await run_in_threadpool(writer.abort)
         raise Problem(
@@ -75,6 +75,9 @@ async def upload(
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise
+    if refused is not None:
+        await run_in_threadpool(writer.abort)
+        raise Problem(422, "Invalid Request", refused)
     file = File(
         user_id=user.id,
         filename=filename,
@@ -89,6 +92,32 @@ async def upload(
         remember(session, user, idempotency_key, "files", file.id)
     session.commit()
     return public(file)
+
+
+async def _receive(
+    request: Request, writer: BlobWriter, purpose: str, bound: int, chunk_bytes: int
+) -> str | None:
+    """Stream the body into `writer`; or, once its first bytes show that no job could read it,
+    read the rest without keeping it and return why (`app.uploads.refusal`)."""
+    pending, head, size = bytearray(), b"", 0
+    refused: str | None = None
+    async for piece in request.stream():
+        size += len(piece)
+        if refused is not None:
+            if size > bound:
+                break  # past the limit: the rest is not worth reading to refuse it
+            continue  # read and dropped, so that the client gets the answer whole
+        if len(head) < HEAD_BYTES:
+            head += piece[: HEAD_BYTES - len(head)]
+            if len(head) == HEAD_BYTES and (refused := refusal(purpose, head, bound)):
+                continue
+        pending += piece
+        if len(pending) >= chunk_bytes:
+            await run_in_threadpool(writer.write, pending)  # copied into the writer's buffer
+            pending.clear()
+    if refused is None and (refused := refusal(purpose, head, size)) is None:
+        await run_in_threadpool(writer.write, pending)
+    return refused
 
 
 @router.get("/{file_id}", response_model=FilePublic)
