@@ -15,8 +15,9 @@ WHAT_TO_UPLOAD = {
 }
 
 
-def refusal(purpose: str, head: bytes, size: int) -> str | None:
-    """Why no job could read an upload that starts with `head` and has `size` bytes, or None.
+def refusal(purpose: str, head: bytes, size: int, name: str | None = None) -> str | None:
+    """Why no job could read an upload that starts with `head` and has `size` bytes, or None;
+    `name` is what the message calls it (`pqz submit` checks a file before uploading it).
     An empty file passes here: a job refuses it when it names the file."""
     if size == 0 or head.startswith(ZIP):
         return None
@@ -29,7 +30,7 @@ def refusal(purpose: str, head: bytes, size: int) -> str | None:
     else:
         kind = "a PyTorch checkpoint or safetensors file" if purpose == "checkpoint" else "an .npz"
         what = f"is not {kind} (it starts with bytes {head[:8].hex(' ')})"
-    return f"the {purpose} upload {what}; {WHAT_TO_UPLOAD[purpose]}"
+    return f"{name or f'the {purpose} upload'} {what}; {WHAT_TO_UPLOAD[purpose]}"
 
 
 def _safetensors(head: bytes, size: int) -> bool:

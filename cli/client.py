@@ -103,6 +103,17 @@ def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
+def _check_upload(path: Path, purpose: str) -> None:
+    """What the server would refuse from its first bytes, refused before anything is sent."""
+    from app.uploads import HEAD_BYTES, refusal
+
+    require_file(path)
+    with path.open("rb") as handle:
+        refused = refusal(purpose, handle.read(HEAD_BYTES), path.stat().st_size, str(path))
+    if refused is not None:
+        fail(refused)
+
+
 def _upload(client: Client, path: Path, purpose: str) -> str:
     require_file(path)
     response = client.request(
@@ -166,6 +177,9 @@ def submit(
     if data is not None and not data.endswith(".npz"):
         body["data"] = data
     _check_spec(body)  # before anything is uploaded, as far as the spec alone can tell
+    if data is not None and data.endswith(".npz"):
+        _check_upload(Path(data), "dataset")
+    _check_upload(checkpoint, "checkpoint")
     client = Client()
     uploaded: list[str] = []
     try:

@@ -93,7 +93,7 @@ def test_submit_refused_by_the_server_deletes_what_it_uploaded(
     assert _stored(settings)[0] == 1
 
 
-def test_submit_of_a_file_no_job_could_read_is_refused_at_upload_in_one_line(
+def test_submit_of_a_file_no_job_could_read_is_refused_before_uploading_in_one_line(
     pqz, settings: Settings, tmp_path: Path
 ) -> None:
     checkpoint = tmp_path / "model.pkl"
@@ -101,9 +101,9 @@ def test_submit_of_a_file_no_job_could_read_is_refused_at_upload_in_one_line(
     result = pqz("submit", str(checkpoint), "--arch", "lenet-5")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: the checkpoint upload is in the legacy (non-zip) torch.save format or a bare "
+        f"error: {checkpoint} is in the legacy (non-zip) torch.save format or a bare "
         "pickle, never unpickled; upload a state dict saved with "
-        "torch.save(model.state_dict(), path) or a .safetensors file (HTTP 422)"
+        "torch.save(model.state_dict(), path) or a .safetensors file"
     ]
     assert _stored(settings) == (0, 0, 0)
 
