@@ -167,15 +167,27 @@ class Pipeline:
         prune = self.spec.prune
         if prune is None:
             return None
-        drop = self.metrics["baseline"]["val_accuracy"] - self.metrics["final"]["val_accuracy"]
+        baseline = self.metrics["baseline"]["val_accuracy"]
+        drop = baseline - self.metrics["final"]["val_accuracy"]
         if drop <= prune.max_accuracy_drop:
             return None
-        why = (
-            "prune.sparsity and prune.threshold are applied as given; without them the "
-            "threshold scan keeps pruning within the tolerance"
-            if prune.sparsity is not None or prune.threshold is not None
-            else "the scan kept pruning within it; quantization and fine-tuning lost the rest"
-        )
+        pruned = self.metrics.get("prune", {})
+        lost = baseline - pruned.get("final_accuracy", baseline)  # the scan's, on validation
+        if prune.sparsity is not None or prune.threshold is not None:
+            why = (
+                "prune.sparsity and prune.threshold are applied as given; without them the "
+                "threshold scan keeps pruning within the tolerance"
+            )
+        elif "fixed_accuracy" in pruned and lost > prune.max_accuracy_drop:
+            why = (
+                f"pruning lost {100 * lost:.2f}: the layers that prune.modules gives a sparsity "
+                "or threshold are pruned as given, and the scan pruned nothing more"
+            )
+        else:
+            why = (
+                f"pruning lost {100 * lost:.2f} of them, within the tolerance; quantization and "
+                "fine-tuning lost the rest"
+            )
         return (
             f"validation accuracy fell {100 * drop:.2f} points, more than the "
             f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop {prune.max_accuracy_drop} "

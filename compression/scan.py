@@ -73,9 +73,11 @@ class ScanResult:
     baseline_accuracy: float
     final_accuracy: float = 0.0
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    # After the layers with fixed rules were pruned and retrained, before any scan.
+    fixed_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def sensitivity(
@@ -146,21 +148,33 @@ def prune_by_scan_(
     `prune_` does; layers it does not name are pruned weight by weight.
     """
     sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in prunable_layers(model)}
-    layers = []
+    baseline = val_score(model)  # the unpruned model's: the tolerance is measured from it
+    layers, fixed = [], 0
     for name, module, type_name in prunable_layers(model):
         rule = resolve_rule(name, type_name, _SCANNED, config.module_types, config.modules)
         if rule is None:
             continue
         if rule is not _SCANNED:  # a fixed rule for this layer: applied once, not scanned
             prune_(model, PruneConfig(modules={re.escape(name): rule}), block_sizes=sizes)
+            fixed += 1
             continue
         layers.append((name, module))
     # Every scanned layer gets a mask (all kept) so that the scan can tighten it in place.
     prune_(
         model, PruneConfig(modules={re.escape(name): PruneRule(sparsity=0.0) for name, _ in layers})
     )
-    baseline = val_score(model)
     result = ScanResult(baseline_accuracy=baseline, final_accuracy=baseline)
+    if fixed:
+        # Layers given a sparsity or threshold are pruned as given, then retrained once; the
+        # scan prunes the others within what those left of the tolerance.
+        if report is not None:
+            report(0.0, f"{fixed} layer{'s' * (fixed > 1)} pruned as the spec fixes; retraining")
+        retrain(model, 0)
+        result.final_accuracy = result.fixed_accuracy = val_score(model)
+        if baseline - result.final_accuracy > config.max_accuracy_drop:
+            if report is not None:
+                report(1.0, "the fixed rules alone lost more than the tolerance: no scan")
+            return result
     # The budget is how much one-shot accuracy a layer may lose in the scan; retraining wins
     # most of it back, so it starts well above the tolerance and adapts to what retraining does.
     budget = max(5 * config.max_accuracy_drop, 0.01)

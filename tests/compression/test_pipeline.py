@@ -13,6 +13,7 @@ from torch import nn
 from compression import (
     CompressionSpec,
     PruneConfig,
+    PruneRule,
     QuantConfig,
     build_model,
     get_mask,
@@ -256,6 +257,65 @@ def test_a_model_that_lost_more_than_the_tolerance_says_so(
         "given; without them the threshold scan keeps pruning within the tolerance)"
     ]
     assert f"warning: {metrics['warnings'][0]}" in messages
+
+
+def test_fixed_layer_rules_count_against_the_tolerance_from_the_unpruned_model(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    spec = CompressionSpec(
+        data="digits",
+        prune=PruneConfig(
+            max_accuracy_drop=0.03,
+            rounds=2,
+            retrain_epochs=1,
+            modules={"fc2": PruneRule(sparsity=0.5)},
+        ),
+    )
+    pipeline = Pipeline(copy.deepcopy(trained), spec, digits, CPU)
+    pipeline.baseline()
+    pipeline.prune()
+    pruned = pipeline.metrics["prune"]
+    baseline = pipeline.metrics["baseline"]["val_accuracy"]
+    assert pruned["baseline_accuracy"] == baseline  # not the model after the fixed rule
+    assert baseline - pruned["fixed_accuracy"] <= 0.03
+    for record in pruned["rounds"]:
+        assert record["kept"] == (baseline - record["val_accuracy"] <= 0.03)
+    assert pruned["layers"]["fc2"] == pytest.approx(0.5, abs=0.01)
+    assert pruned["layers"]["fc1"] > 0.3  # the scan pruned the others
+
+
+def test_fixed_layer_rules_that_lose_more_than_the_tolerance_stop_the_scan_and_are_named(
+    trained: nn.Module, digits: Dataset, tmp_path: Path
+) -> None:
+    spec = CompressionSpec(
+        data="digits",
+        prune=PruneConfig(
+            max_accuracy_drop=0.01,
+            rounds=3,
+            retrain_epochs=0,  # nothing wins the fixed rule's loss back
+            modules={"fc1": PruneRule(sparsity=0.999)},
+        ),
+        finetune=FinetuneConfig(epochs=0.1, layerwise_epochs=0),
+    )
+    messages: list[str] = []
+    info = compress_model(
+        copy.deepcopy(trained),
+        spec,
+        tmp_path / "fixed.pqz",
+        architecture="lenet-300-100",
+        num_classes=10,
+        dataset=digits,
+        device=CPU,
+        progress=lambda stage, fraction, message: messages.append(message),
+    )
+    pruned = info.metrics["prune"]
+    assert pruned["rounds"] == []
+    assert "the fixed rules alone lost more than the tolerance: no scan" in messages
+    lost = pruned["baseline_accuracy"] - pruned["final_accuracy"]
+    assert (
+        f"pruning lost {100 * lost:.2f}: the layers that prune.modules gives"
+        in (info.metrics["warnings"][0])
+    )
 
 
 @pytest.mark.parametrize(
