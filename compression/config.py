@@ -107,6 +107,18 @@ def resolve_rule(
     return default
 
 
+def check_patterns(modules: Mapping[str, object], names: list[str], field: str) -> None:
+    """Refuse a `modules` pattern that matches no layer of the model: a typo or a partial name
+    (patterns match whole names) would otherwise leave its layers to the default unsaid."""
+    for pattern in modules:
+        if not any(re.fullmatch(pattern, name) for name in names):
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if names[12:] else "")
+            raise InvalidConfigError(
+                f"{field} pattern {pattern!r} matches no layer (a pattern matches whole layer "
+                f"names; the model's are {shown})"
+            )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PruneRule:
     """How much of one layer to prune: exactly one of `sparsity` or `threshold`."""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.config import QuantConfig, QuantRule
+from compression.config import QuantConfig, QuantRule, check_patterns
 from compression.errors import UnsupportedLayerError
 from compression.kmeans import kmeans, kmeans_1d
 from compression.prune import (
@@ -124,8 +124,10 @@ def quantize_(
 ) -> list[LayerQuantization]:
     """Quantize every Linear and Conv2d weight of `model` in place, by the config's rules; with
     `names`, only those layers (the others are left as they are)."""
+    layers = prunable_layers(model)
+    check_patterns(config.modules, [name for name, _, _ in layers], "quantize.modules")
     results = []
-    for name, module, type_name in prunable_layers(model):
+    for name, module, type_name in layers:
         if names is not None and name not in names:
             continue
         rule = config.rule_for(name, type_name)

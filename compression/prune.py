@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.config import PruneConfig, PruneRule
+from compression.config import PruneConfig, PruneRule, check_patterns
 from compression.errors import UnsupportedLayerError
 
 
@@ -137,9 +137,11 @@ def prune_(
     def block_of(name: str) -> int:
         return 1 if block_sizes is None else block_sizes.get(name, 1)
 
+    layers = prunable_layers(model)
+    check_patterns(config.modules, [name for name, _, _ in layers], "prune.modules")
     per_layer: list[tuple[str, nn.Module, PruneRule]] = []
     global_group: list[tuple[str, nn.Module]] = []
-    for name, module, type_name in prunable_layers(model):
+    for name, module, type_name in layers:
         rule = config.rule_for(name, type_name)
         if rule is None:
             continue

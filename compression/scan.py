@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.config import PruneConfig, PruneRule, resolve_rule
+from compression.config import PruneConfig, PruneRule, check_patterns, resolve_rule
 from compression.prune import (
     block_scores,
     expand_blocks,
@@ -148,6 +148,7 @@ def prune_by_scan_(
     `prune_` does; layers it does not name are pruned weight by weight.
     """
     sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in prunable_layers(model)}
+    check_patterns(config.modules, [name for name, _, _ in prunable_layers(model)], "prune.modules")
     baseline = val_score(model)  # the unpruned model's: the tolerance is measured from it
     layers, fixed = [], 0
     for name, module, type_name in prunable_layers(model):

@@ -4,7 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from compression import PruneConfig, PruneRule, get_mask, prune_, remove_masks_
+from compression import (
+    PruneConfig,
+    PruneRule,
+    QuantConfig,
+    build_model,
+    get_mask,
+    prune_,
+    quantize_,
+    remove_masks_,
+)
+from compression.errors import InvalidConfigError
 from compression.prune import prunable_layers
 from tests.conftest import TinyNet
 
@@ -135,3 +145,24 @@ def test_layers_without_a_block_size_are_pruned_weight_by_weight(tiny_net: TinyN
     runs = tiny_net.fc1.weight.flatten().view(-1, 8) != 0
     assert bool((runs.all(dim=1) | ~runs.any(dim=1)).all())
     assert int((tiny_net.fc2.weight == 0).sum()) == 320  # exactly half of 640, any positions
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        (PruneConfig(modules={"^fc": PruneRule(sparsity=0.5)}), "prune.modules"),
+        (PruneConfig(modules={"fc9": None}), "prune.modules"),
+    ],
+)
+def test_a_layer_pattern_that_matches_no_layer_is_refused(config: PruneConfig, field: str) -> None:
+    model = build_model("lenet-300-100")
+    pattern = next(iter(config.modules))
+    with pytest.raises(InvalidConfigError) as error:
+        prune_(model, config)
+    assert str(error.value) == (
+        f"{field} pattern {pattern!r} matches no layer (a pattern matches whole layer names; "
+        "the model's are fc1, fc2, fc3)"
+    )
+    with pytest.raises(InvalidConfigError, match="quantize.modules pattern 'fc' matches no"):
+        quantize_(model, QuantConfig(modules={"fc": None}))
+    assert get_mask(model.fc1) is None  # refused before anything was pruned
