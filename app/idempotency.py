@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Problem
@@ -64,3 +65,20 @@ def remember(
             request_sha256=request_sha256,
         )
     )
+
+
+def commit_or_replay(
+    session: Session, user: User, key: str, path: str, request_sha256: str | None = None
+) -> str | None:
+    """Commit the new resource with its remembered key, and return None; or, when a request
+    with the same key committed first (two sent at once, as a retry after a timeout can be),
+    roll this one back and return that request's resource, as a replay would have."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = replay(session, user, key, path, request_sha256)
+        if existing is None:  # some other constraint: not this module's to answer
+            raise
+        return existing
+    return None

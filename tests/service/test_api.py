@@ -9,14 +9,17 @@ import re
 import zipfile
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 import safetensors.numpy
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.api.routes import files as files_routes
+from app.api.routes import jobs as jobs_routes
 from db import catalog
-from db.models import Blob, BlobChunk, Job, JobStatus
+from db.models import Blob, BlobChunk, File, Job, JobStatus
 from db.session import session_scope
 from db.settings import Settings
 from tests.service.conftest import submit, upload
@@ -221,6 +224,41 @@ def test_idempotency_key_returns_the_first_resource(
     assert reused.status_code == 422
     assert reused.json()["detail"].startswith("Idempotency-Key 'job-1' was used for a different")
     assert len(client.get("/v1/jobs", headers=alice).json()["data"]) == 1
+
+
+def test_requests_sent_at_once_with_one_idempotency_key_get_the_first_ones_resource(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def post_file() -> httpx.Response:
+        return client.post(
+            "/v1/files",
+            params={"filename": "a.pt"},
+            content=checkpoint_bytes,
+            headers={**alice, "Idempotency-Key": "upload-race"},
+        )
+
+    def post_job(file_id: str) -> httpx.Response:
+        body = {"checkpoint_file": file_id, "spec": {"arch": "lenet-300-100"}}
+        return client.post("/v1/jobs", json=body, headers={**alice, "Idempotency-Key": "race"})
+
+    first_file = post_file().json()
+    first_job = post_job(first_file["id"]).json()
+    # Each second request looked for its key before the first one committed (sent at once):
+    # it makes its own resource, and the key's unique row turns it back.
+    monkeypatch.setattr(files_routes, "replay", lambda *args: None)
+    monkeypatch.setattr(jobs_routes, "replay", lambda *args: None)
+    second_file = post_file()
+    assert second_file.status_code == 201, second_file.text
+    assert second_file.json() == first_file
+    second_job = post_job(first_file["id"])
+    assert second_job.status_code == 202, second_job.text
+    assert second_job.json()["id"] == first_job["id"]
+    assert second_job.headers["Location"] == f"/v1/jobs/{first_job['id']}"
+    assert [_count(settings, model) for model in (File, Blob, Job)] == [1, 1, 1]
 
 
 def test_delete_file_removes_it_and_its_bytes(

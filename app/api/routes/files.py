@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import FileDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem
-from app.idempotency import remember, replay
+from app.idempotency import commit_or_replay, remember, replay
 from app.schemas import FileDeleted, FilePublic
 from app.uploads import HEAD_BYTES, refusal
 from db.blobs import BlobTooLargeError, BlobWriter, delete_blob
@@ -90,6 +90,20 @@ async def upload(
     session.flush()
     if idempotency_key:
         remember(session, user, idempotency_key, "files", file.id)
+        blob_id = blob.id
+        first = commit_or_replay(session, user, idempotency_key, "files")
+        if first is not None:  # the key's first upload won: this copy is not kept
+            await run_in_threadpool(delete_blob, session, blob_id)
+            session.commit()
+            earlier = session.get(File, first)
+            if earlier is None:
+                raise Problem(
+                    409,
+                    "Conflict",
+                    f"Idempotency-Key '{idempotency_key}' was used for file '{first}', which "
+                    "has been deleted; use a new key for a new upload",
+                )
+            return public(earlier)
     session.commit()
     return public(file)
 

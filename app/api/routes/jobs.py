@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import JobDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem, not_found
-from app.idempotency import fingerprint, remember, replay
+from app.idempotency import commit_or_replay, fingerprint, remember, replay
 from app.queue import publisher
 from app.schemas import EventList, EventPublic, JobCreate, JobError, JobList, JobPublic
 from db import catalog
@@ -117,6 +117,12 @@ def create_job(
     add_event(session, job.id, "queued", progress=0.0)
     if idempotency_key:
         remember(session, user, idempotency_key, "jobs", job.id, request_sha256)
+        first = commit_or_replay(session, user, idempotency_key, "jobs", request_sha256)
+        if first is not None:  # the same request, sent twice at once: the first one's job
+            earlier = session.get(Job, first)
+            assert earlier is not None, "jobs are never deleted"
+            response.headers["Location"] = f"/v1/jobs/{earlier.id}"
+            return public(earlier)
     session.commit()
     try:
         publisher(settings)(job.id)
