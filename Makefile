@@ -28,8 +28,9 @@ test: lint typecheck
 	$(TEST_ENV) $(BIN)/pytest
 
 # The service, embedded default: SQLite + filesystem broker + one worker under ./var.
+PORT ?= 8000
 run: $(STAMP)
-	$(BIN)/pqz serve
+	$(BIN)/pqz serve --port $(PORT)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

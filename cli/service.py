@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.output import console, fail, print_json
+from cli.output import console, errors, fail, print_json
 
 keys_app = typer.Typer(
     help="API keys: `pqz keys create NAME` prints a new key once.", no_args_is_help=True
@@ -100,20 +102,77 @@ def _worker_command(name: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _start_workers(gpus: list[str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """One Celery worker per GPU (CUDA_VISIBLE_DEVICES set for each), or one on the CPU."""
+def _start_worker(gpu: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    """One Celery worker on GPU `gpu` (CUDA_VISIBLE_DEVICES), or on the CPU for ""; it ends
+    with this process, even one killed with SIGKILL (worker/lifeline.py)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    processes = []
-    for gpu in gpus or [""]:
-        env = dict(os.environ)
-        name = f"gpu{gpu}" if gpu else "cpu"
-        if gpu:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        log = (log_dir / f"worker-{name}.log").open("ab")
-        processes.append(
-            subprocess.Popen(_worker_command(name), env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "PQZ_PARENT_PID": str(os.getpid())}
+    if gpu:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    with _worker_log(gpu, log_dir).open("ab") as log:
+        return subprocess.Popen(
+            _worker_command(f"gpu{gpu}" if gpu else "cpu"),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-    return processes
+
+
+def _worker_log(gpu: str, log_dir: Path) -> Path:
+    return log_dir / f"worker-{'gpu' + gpu if gpu else 'cpu'}.log"
+
+
+def _start_workers(gpus: list[str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """One Celery worker per GPU, or one on the CPU."""
+    return [_start_worker(gpu, log_dir) for gpu in gpus or [""]]
+
+
+class _Keeper(threading.Thread):
+    """Starts another worker when one exits while `pqz serve` runs (killed for memory, say):
+    the reaper puts its job back in the queue, and with no worker every job would wait there.
+    A worker that keeps exiting within seconds of its start stops the service instead."""
+
+    QUICK_S = 15.0  # an exit this soon after the start counts as a failure to start
+    TRIES = 3
+
+    def __init__(self, gpus: list[str], log_dir: Path) -> None:
+        super().__init__(name="worker-keeper", daemon=True)
+        self.gpus, self.log_dir = gpus or [""], log_dir
+        self.processes = [_start_worker(gpu, log_dir) for gpu in self.gpus]
+        self.started = [time.monotonic()] * len(self.processes)
+        self.failures = [0] * len(self.processes)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0):
+            for index, process in enumerate(self.processes):
+                if process.poll() is None or self.stopping.is_set():
+                    continue
+                quick = time.monotonic() - self.started[index] < self.QUICK_S
+                self.failures[index] = self.failures[index] + 1 if quick else 0
+                log = _worker_log(self.gpus[index], self.log_dir)
+                if self.failures[index] >= self.TRIES:
+                    errors.print(
+                        f"error: the worker exited with status {process.returncode} "
+                        f"{self.TRIES} times just after starting; see {log}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                    os.kill(os.getpid(), signal.SIGTERM)  # stops the API: see `_interrupt`
+                    return
+                errors.print(
+                    f"the worker exited with status {process.returncode}; starting another "
+                    f"(its log: {log})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                self.processes[index] = _start_worker(self.gpus[index], self.log_dir)
+                self.started[index] = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+        _stop(self.processes)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -163,13 +222,15 @@ def serve(
     from db.settings import get_settings
 
     settings = get_settings()
+    _check_port(host, port)  # before a first API key is shown for a server that never starts
     # In a child: publishing the catalog loads torch and the zoo, which the API process that
     # this one becomes must not carry (a gigabyte of memory, and the rule that app/ is torch-free).
     prepared = subprocess.run([sys.executable, "-m", "cli.main", "migrate"], check=False)
     if prepared.returncode != 0:
         raise typer.Exit(prepared.returncode)
     key = _first_key()
-    workers = _start_workers(_visible_gpus()[:1], settings.home / "logs")
+    keeper = _Keeper(_visible_gpus()[:1], settings.home / "logs")
+    keeper.start()
     url = f"http://{host}:{port}"
     logs = settings.home / "logs"
     console.print(
@@ -184,7 +245,18 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(workers)
+        keeper.stop()
+    if keeper.failures and max(keeper.failures) >= _Keeper.TRIES:
+        raise typer.Exit(1)
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            fail(f"cannot listen on {host}:{port}: {error.strerror} (choose another with --port)")
 
 
 def api(
@@ -195,6 +267,7 @@ def api(
     ] = False,
 ) -> None:
     """Only the API (production: behind a proxy, workers elsewhere)."""
+    _check_port(host, port)
     _serve_api(host, port, reaper)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from celery import Celery
 
 from db.settings import get_settings
+from worker import lifeline
 
+lifeline.hold()
 settings = get_settings()
 
 app = Celery("pqz", broker=settings.resolved_broker_url, include=["worker.tasks"])

@@ -3,6 +3,7 @@ embedded default (`pqz serve`) driven by the `pqz` client."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -269,3 +270,74 @@ def test_keys_create_refuses_a_home_without_a_database(tmp_path: Path) -> None:
     assert created.stderr.startswith(f"error: no database at {tmp_path / 'typo' / 'pqz.db'}")
     assert created.stderr.count("\n") == 1
     assert not (tmp_path / "typo").exists()
+
+
+def _children(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return {int(line) for line in found.stdout.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.sqlite_only
+def test_serve_replaces_a_worker_that_dies_and_its_workers_end_with_it(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
+    env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
+    server = subprocess.Popen(
+        [PQZ, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "Uvicorn running" in line:
+                break
+        (first,) = _children(server.pid)
+        os.kill(first, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        for line in server.stdout:
+            if "starting another" in line:
+                break
+        assert line.startswith("the worker exited with status -9; starting another (its log: ")
+        workers = _children(server.pid) - {first}
+        assert len(workers) == 1
+        # Killed outright, serve runs no cleanup: its worker must still not outlive it.
+        server.kill()
+        server.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_on_a_port_in_use_says_so_before_anything_else(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
+    env["PQZ_HOME"] = str(tmp_path / "var")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [PQZ, "serve", "--port", str(port)], env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == ""  # no first API key for a server that never started
+    assert done.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with --port)\n"
+    )
+    assert not (tmp_path / "var").exists()
