@@ -8,6 +8,7 @@ batch, on the device that trains.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import zipfile
@@ -289,14 +290,35 @@ def _idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
         dataset_class = (
             torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
         )
-        dataset_class(str(root), train=True, download=True)
-        dataset_class(str(root), train=False, download=True)
+        with _downloading(name, root, root / TORCHVISION_FOLDER[name] / "raw"):
+            dataset_class(str(root), train=True, download=True)
+            dataset_class(str(root), train=False, download=True)
         return _idx(name, root, download=False)
     splits = {}
     for split, paths in found.items():
         images, labels = (path for path in paths if path is not None)
         splits[split] = _split(_read_idx(images), _read_idx(labels), f"{name} {split}")
     return splits["train"], splits["test"], 10
+
+
+@contextlib.contextmanager
+def _downloading(name: str, root: Path, folder: Path | None = None) -> Iterator[None]:
+    """torchvision's download of `name` into `folder` (under `root`): a network error becomes
+    one line, and the folders made for it are removed if they stayed empty."""
+    deepest = folder or root
+    chain = [deepest, *deepest.parents[: len(deepest.relative_to(root).parts)]]
+    made = [path for path in chain if not path.exists()]  # deepest first
+    try:
+        yield
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; MNIST wraps it
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only where it stayed empty
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+        raise InvalidConfigError(
+            f"downloading data set '{name}' into {root} failed: {reason} (without internet, "
+            "put its files there yourself, or set --data-dir or PQZ_DATA_DIR where they are)"
+        ) from None
 
 
 def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
@@ -306,8 +328,9 @@ def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
         torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     )
     try:
-        train = dataset_class(str(root), train=True, download=download)
-        test = dataset_class(str(root), train=False, download=download)
+        with _downloading(name, root) if download else contextlib.nullcontext():
+            train = dataset_class(str(root), train=True, download=download)
+            test = dataset_class(str(root), train=False, download=download)
     except RuntimeError as error:
         raise InvalidConfigError(
             f"data set '{name}' not found under {root} ({error}); set --data-dir or PQZ_DATA_DIR, "

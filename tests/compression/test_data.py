@@ -197,3 +197,33 @@ def test_image_folder_loads(tmp_path: Path) -> None:
 def test_unknown_data_set_is_a_clear_error() -> None:
     with pytest.raises(InvalidConfigError, match="unknown data set 'imagenet'"):
         load_dataset("imagenet")
+
+
+@pytest.mark.parametrize(("name", "class_name"), [("mnist", "MNIST"), ("cifar10", "CIFAR10")])
+def test_a_failed_download_is_one_line_and_leaves_no_empty_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, class_name: str
+) -> None:
+    import urllib.error
+
+    import torchvision
+
+    def offline(root: str, train: bool, download: bool) -> None:
+        # The folders torchvision makes before it downloads: MNIST/raw, or the root for CIFAR.
+        (Path(root) / class_name / "raw" if name == "mnist" else Path(root)).mkdir(parents=True)
+        reason = urllib.error.URLError("[Errno -2] Name or service not known")
+        if name == "mnist":  # torchvision wraps it, over several lines
+            raise RuntimeError(
+                f"Error downloading train-images-idx3-ubyte.gz:\nTried x, got:\n{reason}"
+            )
+        raise reason
+
+    monkeypatch.setattr(torchvision.datasets, class_name, offline)
+    root = tmp_path / "data"
+    with pytest.raises(InvalidConfigError) as error:
+        load_dataset(name, data_dir=root, download=True)
+    assert str(error.value) == (
+        f"downloading data set '{name}' into {root} failed: <urlopen error [Errno -2] Name or "
+        "service not known> (without internet, put its files there yourself, or set --data-dir "
+        "or PQZ_DATA_DIR where they are)"
+    )
+    assert not root.exists()
