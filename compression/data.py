@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from compression.config import Augment
-from compression.errors import InvalidConfigError
+from compression.errors import DataNotFoundError, InvalidConfigError
 
 BUILT_IN = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 IDX_FILES = {
@@ -280,10 +280,11 @@ def _idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
     found = {split: [_find(folders, stem) for stem in stems] for split, stems in IDX_FILES.items()}
     if any(path is None for paths in found.values() for path in paths):
         if not download:
-            raise InvalidConfigError(
+            raise DataNotFoundError(
                 f"data set '{name}' not found under {root} (looked in {root / name} and "
                 f"{root / TORCHVISION_FOLDER[name] / 'raw'}); set --data-dir or PQZ_DATA_DIR, "
-                "or allow downloading (--download)"
+                "or allow downloading (--download)",
+                name,
             )
         import torchvision
 
@@ -332,9 +333,10 @@ def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
             train = dataset_class(str(root), train=True, download=download)
             test = dataset_class(str(root), train=False, download=download)
     except RuntimeError as error:
-        raise InvalidConfigError(
+        raise DataNotFoundError(
             f"data set '{name}' not found under {root} ({error}); set --data-dir or PQZ_DATA_DIR, "
-            "allow downloading (--download), or pass an image-folder directory"
+            "allow downloading (--download), or pass an image-folder directory",
+            name,
         ) from None
     classes = 10 if name == "cifar10" else 100
     return (

@@ -9,6 +9,14 @@ class InvalidConfigError(CompressionError, ValueError):
     """A config, spec or argument has a value outside its rule."""
 
 
+class DataNotFoundError(InvalidConfigError):
+    """A built-in data set is not where this machine keeps data, and may not be downloaded."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class TrainingDivergedError(CompressionError):
     """The loss became NaN or infinite: the weights are no longer usable."""
 

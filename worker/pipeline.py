@@ -30,6 +30,7 @@ from compression import (
     build_model,
 )
 from compression.data import Dataset, fit_to, load_dataset
+from compression.errors import DataNotFoundError
 from compression.pipeline import Pipeline
 from compression.prune import prunable_layers
 from compression.train import STEP_MESSAGE, resolve_device
@@ -300,9 +301,19 @@ def _dataset(
                 str(error).replace(str(path), "the uploaded data file")
             ) from None
     elif spec.data is not None:
-        dataset = load_dataset(
-            spec.data, data_dir=settings.data_dir, download=settings.allow_download, seed=spec.seed
-        )
+        try:
+            dataset = load_dataset(
+                spec.data,
+                data_dir=settings.data_dir,
+                download=settings.allow_download,
+                seed=spec.seed,
+            )
+        except DataNotFoundError as error:  # said for the service's user, not the CLI's
+            raise InvalidDataError(
+                f"data set '{error.name}' is not on this service's workers: whoever runs them "
+                "puts it under their PQZ_DATA_DIR, or lets them download it "
+                "(PQZ_ALLOW_DOWNLOAD=true); or upload it as an .npz (pqz submit --data file.npz)"
+            ) from None
     else:
         return None
     assert spec.arch is not None

@@ -236,6 +236,27 @@ def test_events_thin_out_training_steps_but_keep_every_round(
 
 
 @pytest.mark.sqlite_only
+def test_a_built_in_data_set_the_workers_lack_is_said_in_the_services_terms(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    tmp_path: Path,
+) -> None:
+    job_id = submit(client, alice, upload(client, alice, checkpoint_bytes), data="mnist")["id"]
+    empty = settings.model_copy(update={"data_dir": tmp_path / "no-data", "allow_download": False})
+    run_job(job_id, empty, worker="test-worker")
+    job = _job(client, alice, job_id)
+    assert job["status"] == "failed"
+    assert job["error"] == {
+        "code": "invalid_data",
+        "message": "data set 'mnist' is not on this service's workers: whoever runs them puts "
+        "it under their PQZ_DATA_DIR, or lets them download it (PQZ_ALLOW_DOWNLOAD=true); or "
+        "upload it as an .npz (pqz submit --data file.npz)",
+    }
+
+
+@pytest.mark.sqlite_only
 def test_an_unusable_data_upload_fails_the_job_without_naming_server_paths(
     client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
 ) -> None:
