@@ -1,4 +1,5 @@
-"""`make run`: the local pqz workflow end to end on a LeNet-5 checkpoint, under var/demo/.
+"""`make demo`: the local pqz workflow end to end on a LeNet-5 checkpoint, under var/demo/
+(each run replaces the last one's files).
 
 The checkpoint is a freshly initialised LeNet-5 (no data set is needed); `pqz compress`
 works the same way on a trained checkpoint of any architecture listed by `pqz zoo`.
@@ -20,7 +21,8 @@ WORKDIR = Path("var/demo")
 def pqz(*args: str) -> None:
     command = [str(Path(sys.executable).parent / "pqz"), *args]
     print(f"\n$ pqz {' '.join(args)}", flush=True)
-    subprocess.run(command, check=True)
+    if subprocess.run(command, check=False).returncode != 0:
+        raise SystemExit(f"pqz {args[0]} failed (its error is above)")
 
 
 def main() -> int:
@@ -30,9 +32,10 @@ def main() -> int:
     checkpoint = WORKDIR / "lenet5.pt"
     torch.save(model.state_dict(), checkpoint)
     artifact = WORKDIR / "lenet5.pqz"
-    pqz("compress", str(checkpoint), "--arch", "lenet-5", "--sparsity", "0.9", "-o", str(artifact))
+    pqz("compress", str(checkpoint), "--arch", "lenet-5", "--sparsity", "0.9", "-o", str(artifact),
+        "--force")  # fmt: skip
     pqz("inspect", str(artifact))
-    pqz("decompress", str(artifact), "-o", str(WORKDIR / "lenet5.safetensors"))
+    pqz("decompress", str(artifact), "-o", str(WORKDIR / "lenet5.safetensors"), "--force")
 
     loaded = load_pqz(artifact)
     zeros = float((loaded.fc1.weight == 0).float().mean())
