@@ -206,6 +206,10 @@ def _hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     return Split(train.x[rest], train.y[rest]), Split(train.x[val], train.y[val])
 
 
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]} pixels"
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(size) for size in shape)
 
@@ -225,8 +229,15 @@ def _split(x: np.ndarray, y: np.ndarray, where: str) -> Split:
             raise InvalidConfigError(
                 f"{where}: images must be uint8 or finite floats, got {x.dtype}"
             )
-        scale = 255.0 if float(x.max(initial=0.0)) <= 1.0 else 1.0
-        x = np.clip(np.rint(x * scale), 0, 255).astype(np.uint8)
+        low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if low < 0.0 or high > 255.0:
+            raise InvalidConfigError(
+                f"{where}: float images run from {low:.4g} to {high:.4g}; pqz takes pixel "
+                "values, uint8 or floats in 0..1 (or 0..255), and normalises them itself: "
+                "save the images before any normalisation"
+            )
+        scale = 255.0 if high <= 1.0 else 1.0
+        x = np.rint(x * scale).astype(np.uint8)
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise InvalidConfigError(f"{where}: labels must be non-negative integers, got {y.dtype}")
     return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)))
@@ -369,7 +380,15 @@ def _npz(path: Path) -> tuple[Split, Split, int]:
     test = _split(arrays["x_test"], arrays["y_test"], f"{path.name} test")
     if train.x.shape[1:] != test.x.shape[1:]:
         raise InvalidConfigError(f"{path}: train and test images differ in shape")
-    return train, test, _classes(train, test)
+    classes = _classes(train, test)
+    absent = sorted(set(range(classes)) - set(train.y.unique().tolist()))
+    if absent:
+        shown = ", ".join(str(label) for label in absent[:10]) + (", ..." if absent[10:] else "")
+        raise InvalidConfigError(
+            f"{path}: labels run up to {classes - 1}, but no training image has label {shown}: "
+            "the labels must number the classes 0 to N-1"
+        )
+    return train, test, classes
 
 
 def _image_folder(root: Path) -> tuple[Split, Split, int]:
@@ -385,24 +404,35 @@ def _image_folder(root: Path) -> tuple[Split, Split, int]:
     index = {name: i for i, name in enumerate(classes)}
 
     def read(split: str) -> Split:
-        images, labels = [], []
+        images, labels, files = [], [], []
         for name in sorted(p.name for p in (root / split).iterdir() if p.is_dir()):
             if name not in index:
                 raise InvalidConfigError(
                     f"class '{name}' of {root / split} is not among the training classes"
                 )
-            for file in sorted((root / split / name).iterdir()):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    with Image.open(file) as image:
-                        images.append(
-                            np.asarray(image.convert("RGB" if image.mode != "L" else "L"))
-                        )
-                    labels.append(index[name])
+            found = [
+                file
+                for file in sorted((root / split / name).iterdir())
+                if file.suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if split == "train" and not found:
+                raise InvalidConfigError(f"class folder {root / split / name} holds no images")
+            for file in found:
+                with Image.open(file) as image:
+                    images.append(image.convert("RGB" if image.mode != "L" else "L"))
+                files.append(file)
+                labels.append(index[name])
         if not images:
             raise InvalidConfigError(f"{root / split} holds no images")
-        shapes = {image.shape for image in images}
-        if len(shapes) != 1:
-            raise InvalidConfigError(f"{root / split} mixes image sizes {sorted(shapes)[:3]}")
-        return _split(np.stack(images), np.array(labels), f"{root.name} {split}")
+        # Grey images among colour ones are made colour: one mode for the whole set.
+        mode = "RGB" if any(image.mode == "RGB" for image in images) else "L"
+        arrays = [np.asarray(image.convert(mode)) for image in images]
+        for file, array in zip(files, arrays, strict=True):
+            if array.shape != arrays[0].shape:
+                raise InvalidConfigError(
+                    f"{file} is {_size(array)}, but {files[0]} is {_size(arrays[0])}: the images "
+                    "of a data set must all have one size"
+                )
+        return _split(np.stack(arrays), np.array(labels), f"{root.name} {split}")
 
     return read("train"), read("test"), len(classes)

@@ -194,6 +194,81 @@ def test_image_folder_loads(tmp_path: Path) -> None:
     assert len(dataset.test) == 4
 
 
+def _image_folder(root: Path, n: int = 2) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)).save(
+                    root / split / name / f"{i}.png"
+                )
+
+
+def test_grey_images_among_colour_ones_are_made_colour(tmp_path: Path) -> None:
+    from PIL import Image
+
+    _image_folder(tmp_path)
+    Image.fromarray(np.full((32, 32), 200, dtype=np.uint8)).save(tmp_path / "train/cat/grey.png")
+    dataset = load_dataset(str(tmp_path), val_fraction=0.2)
+    assert dataset.image_shape == (3, 32, 32)
+    assert len(dataset.train) + len(dataset.val) == 5
+
+
+def test_image_folder_mistakes_name_the_file_or_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    _image_folder(tmp_path / "sizes")
+    odd = tmp_path / "sizes/train/dog/odd.png"
+    Image.fromarray(np.zeros((28, 30, 3), dtype=np.uint8)).save(odd)
+    with pytest.raises(InvalidConfigError) as error:
+        load_dataset(str(tmp_path / "sizes"))
+    assert str(error.value) == (
+        f"{odd} is 30x28 pixels, but {tmp_path / 'sizes/train/cat/0.png'} is 32x32 pixels: the "
+        "images of a data set must all have one size"
+    )
+    _image_folder(tmp_path / "empty")
+    (tmp_path / "empty/train/bird").mkdir()
+    with pytest.raises(InvalidConfigError) as error:
+        load_dataset(str(tmp_path / "empty"))
+    assert str(error.value) == f"class folder {tmp_path / 'empty/train/bird'} holds no images"
+
+
+@pytest.mark.parametrize(
+    ("x_train", "y_train", "message"),
+    [
+        (
+            np.full((4, 8, 8), -0.5),
+            np.arange(4),
+            "bad.npz train: float images run from -0.5 to -0.5; pqz takes pixel values, uint8 "
+            "or floats in 0..1 (or 0..255), and normalises them itself: save the images before "
+            "any normalisation",
+        ),
+        (
+            np.zeros((4, 8, 8), dtype=np.uint8),
+            np.array([0, 1, 2, 5]),
+            "bad.npz: labels run up to 5, but no training image has label 3, 4: the labels must "
+            "number the classes 0 to N-1",
+        ),
+    ],
+)
+def test_npz_values_pqz_would_misread_are_refused(
+    tmp_path: Path, x_train: np.ndarray, y_train: np.ndarray, message: str
+) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(
+        bad,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=np.zeros((2, 8, 8), dtype=np.uint8),
+        y_test=np.zeros(2, dtype=int),
+    )
+    with pytest.raises(InvalidConfigError) as error:
+        load_dataset(str(bad))
+    assert str(error.value) == message.replace("bad.npz:", f"{bad}:")
+
+
 def test_unknown_data_set_is_a_clear_error() -> None:
     with pytest.raises(InvalidConfigError, match="unknown data set 'imagenet'"):
         load_dataset("imagenet")
