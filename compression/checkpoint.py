@@ -91,6 +91,7 @@ def check_state_dict(
             raise InvalidCheckpointError(
                 f"tensor '{name}' has shape {list(state[name].shape)} in the checkpoint but "
                 f"{list(tensor.shape)} in architecture '{architecture}'"
+                + _classes_hint(model, name, state[name].shape, tensor.shape)
             )
     for name in state:
         if name not in expected:
@@ -193,3 +194,13 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(name.startswith("module.") for name in state):
         return {name.removeprefix("module."): tensor for name, tensor in state.items()}
     return state
+
+
+def _classes_hint(model: nn.Module, name: str, found: torch.Size, expected: torch.Size) -> str:
+    """Where only the output layer's rows differ, the checkpoint has another number of classes."""
+    last = [key for key, module in model.named_modules() if isinstance(module, nn.Linear)][-1:]
+    if not last or not name.startswith(f"{last[0]}.") or found[1:] != expected[1:]:
+        return ""
+    return (
+        f": the checkpoint's model has {found[0]} classes (num_classes, --num-classes {found[0]})"
+    )
