@@ -132,7 +132,10 @@ def _upload(client: Client, path: Path, purpose: str) -> str:
 
 def submit(
     checkpoint: Annotated[Path, typer.Argument(help="State dict (.pt/.pth, zip) or .safetensors.")],
-    arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", help="Architecture name (see `pqz zoo`); else the spec's arch."),
+    ] = None,
     num_classes: NumClassesOption = None,
     data: Annotated[
         str | None, typer.Option(help="A built-in data set name, or a local .npz to upload.")
@@ -171,7 +174,10 @@ def submit(
     if not isinstance(body, dict):
         _check_spec(body)  # refuses it, in the server's words
     body = options.apply(body)
-    body["arch"] = arch
+    if arch is not None:
+        body["arch"] = arch
+    if body.get("arch") is None:
+        fail('give the architecture: --arch, or "arch" in the --spec file', code=2)
     if num_classes is not None:
         body["num_classes"] = num_classes
     if data is not None and not data.endswith(".npz"):

@@ -216,8 +216,11 @@ def evaluate(
 
 def compress(
     checkpoint: Annotated[Path, typer.Argument(help="State dict (.pt/.pth, zip) or .safetensors.")],
-    arch: Annotated[str, typer.Option("--arch", help="Architecture name (see `pqz zoo`).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .pqz file.")],
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", help="Architecture name (see `pqz zoo`); else the spec's arch."),
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(help="Run the whole pipeline on this data set (name, folder, .npz)."),
@@ -254,6 +257,9 @@ def compress(
     from compression.pipeline import compress_model
 
     config = _spec(spec, arch, data, num_classes, options)
+    if config.arch is None:
+        fail('give the architecture: --arch, or "arch" in the --spec file', code=2)
+    arch = config.arch
     target = _device(device if device != "auto" else config.device)
     dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None
     classes = config.num_classes or (dataset.num_classes if dataset else None)
@@ -280,7 +286,11 @@ def compress(
 
 
 def _spec(
-    path: Path | None, arch: str, data: str | None, num_classes: int | None, options: SpecOptions
+    path: Path | None,
+    arch: str | None,
+    data: str | None,
+    num_classes: int | None,
+    options: SpecOptions,
 ) -> CompressionSpec:
     """The spec file (or defaults), with the command line's options taking precedence."""
     from compression import CompressionSpec, InvalidConfigError
@@ -294,7 +304,7 @@ def _spec(
             raise InvalidConfigError(f"spec {path} is not valid JSON: {error}") from None
     document = options.apply(config.to_dict())
     document |= {
-        "arch": arch,
+        "arch": arch or config.arch,
         "data": data or config.data,
         "num_classes": config.num_classes if num_classes is None else num_classes,
     }

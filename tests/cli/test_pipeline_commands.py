@@ -62,6 +62,7 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     spec.write_text(
         json.dumps(
             {
+                "arch": "lenet-300-100",  # no --arch: the spec's
                 "prune": {"rounds": 1, "retrain_epochs": 1, "max_accuracy_drop": 0.05},
                 "finetune": {"epochs": 1},
             }
@@ -71,8 +72,6 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     result = run(
         "compress",
         str(path),
-        "--arch",
-        "lenet-300-100",
         "--data",
         "digits",
         "--spec",
@@ -177,6 +176,11 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             ],
             2,
             "Invalid value for '--epochs': must be more than 0, got 0",
+        ),
+        (
+            ["compress", "{ckpt}", "-o", "{out}"],
+            2,
+            'give the architecture: --arch, or "arch" in the --spec file',
         ),
         (
             ["compress", "{ckpt}", "--arch", "lenet-300-100", "--num-classes", "0", "-o", "{out}"],

@@ -213,3 +213,18 @@ def test_a_jobs_warning_is_counted_in_the_list_and_said_by_status(
     shown = pqz("status", job_id)
     assert shown.stdout.strip() == f"{job_id}: succeeded, test accuracy 0.9000 -> 0.8800"
     assert shown.stderr.strip() == f"warning: {warning}"
+
+
+def test_submit_takes_the_architecture_from_the_spec_file(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"arch": "lenet-300-100"}))
+    result = pqz("submit", str(checkpoint), "--spec", str(spec), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["spec"]["arch"] == "lenet-300-100"
+    result = pqz("submit", str(checkpoint))
+    assert result.returncode == 2
+    assert result.stderr == 'error: give the architecture: --arch, or "arch" in the --spec file\n'
