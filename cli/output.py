@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -49,10 +50,15 @@ def check_output(output: Path, *, force: bool, source: Path | None = None) -> No
         refuse_overwrite(source, output)
     if output.is_dir():
         fail(f"cannot write {output}: it is a directory", code=2)
+    if output.parent.exists() and not output.parent.is_dir():
+        fail(f"cannot write {output}: {output.parent} is not a directory", code=2)
     if not output.parent.is_dir():
         fail(f"cannot write {output}: directory {output.parent} does not exist", code=2)
-    if not os.access(output.parent, os.W_OK):
-        fail(f"cannot write {output}: permission denied on {output.parent}")
+    try:  # a real file, as the output will be: permissions alone miss read-only mounts, /proc
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}."):
+            pass
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror} in {output.parent}")
     if output.exists() and not force:
         fail(f"{output} exists; pass --force to replace it", code=2)
 

@@ -183,6 +183,16 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             'give the architecture: --arch, or "arch" in the --spec file',
         ),
         (
+            ["compress", "{ckpt}", "--arch", "lenet-300-100", "-o", "{ckpt}/x.pqz"],
+            2,
+            "cannot write {ckpt}/x.pqz: {ckpt} is not a directory",
+        ),
+        (  # writable by its permissions (to root), yet no file can be made there
+            ["compress", "{ckpt}", "--arch", "lenet-300-100", "-o", "/proc/x.pqz"],
+            1,
+            "error: cannot write /proc/x.pqz: ",
+        ),
+        (
             ["compress", "{ckpt}", "--arch", "lenet-300-100", "--num-classes", "0", "-o", "{out}"],
             2,
             "Invalid value for '--num-classes': must be more than 0, got 0",
@@ -201,7 +211,7 @@ def test_bad_input_is_one_clear_line(
     values = {"ckpt": str(trained[0]), "out": str(tmp_path / "out"), "spec": str(spec)}
     result = run(*[arg.format(**values) for arg in args])
     assert result.returncode == code
-    assert message in result.stderr
+    assert message.format(**values) in result.stderr
     assert result.stderr.count("\n") == 1
 
 
