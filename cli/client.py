@@ -261,9 +261,12 @@ def _check_spec(body: object) -> None:
     try:
         JobSpec.model_validate(body)
     except ValidationError as error:
-        first = error.errors()[0]
-        first["loc"] = ("spec", *first["loc"])  # the field's path in the request
-        fail(f"invalid spec: {describe(first)[1]}")
+        messages = []
+        for item in error.errors():
+            item["loc"] = ("spec", *item["loc"])  # the field's path in the request
+            messages.append(describe(item)[1])
+        more = f" (and {len(messages) - 1} more: {'; '.join(messages[1:])})" if messages[1:] else ""
+        fail(f"invalid spec: {messages[0]}{more}")
 
 
 def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:

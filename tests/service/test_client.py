@@ -122,6 +122,12 @@ def test_submit_with_an_invalid_spec_says_so_before_uploading(
         "(allowed: epochs, lr, batch_size, distill, scope, layerwise_epochs)"
     )
     assert _stored(settings) == (0, 0, 0)
+    spec.write_text(json.dumps({"quantize": {"n_centroids": 999}, "finetune": {"epochs": -2}}))
+    result = pqz("submit", str(checkpoint), "--arch", "lenet-5", "--spec", str(spec))
+    assert result.stderr.strip() == (  # every mistake at once, not one per try
+        "error: invalid spec: spec.quantize.n_centroids must be at most 256, got 999 (and 1 "
+        "more: spec.finetune.epochs must be at least 0, got -2)"
+    )
 
 
 def test_submit_options_override_the_spec_file_as_compress_does(
