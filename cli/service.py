@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -115,6 +116,7 @@ def _start_worker(gpu: str, log_dir: Path) -> subprocess.Popen[bytes]:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: `_stop` reaches the job's process too
         )
 
 
@@ -176,14 +178,20 @@ class _Keeper(threading.Thread):
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each worker's whole group: Celery stops taking jobs, and the process running
+    one puts it back in the queue at its next step (worker/pipeline.py); past 20 s, SIGKILL
+    (the reaper re-queues what was still running then)."""
     for process in processes:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
     for process in processes:
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _first_key() -> str | None:

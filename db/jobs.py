@@ -107,6 +107,25 @@ def finish(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def release(session: Session, job_id: str, worker: str) -> bool:
+    """running -> queued, for a worker that stops on purpose (a service shutting down): the
+    attempt it used is given back, and the reaper publishes the job again. False if the job
+    was no longer this worker's to release (cancelled meanwhile, say)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+        .values(
+            status=JobStatus.queued,
+            attempts=Job.attempts - 1,
+            worker=None,
+            published_at=None,
+            stage=None,
+            progress=0.0,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def request_cancel(session: Session, job: Job) -> None:
     """queued -> cancelled at once; running -> cancelling, the worker ends it between steps."""
     if job.status == JobStatus.queued:
@@ -151,6 +170,8 @@ def reap(
         values: dict[str, Any] = {"status": target, "worker": None, "published_at": None}
         if target != JobStatus.queued:
             values["finished_at"] = moment
+        else:  # it starts again from the beginning
+            values["stage"], values["progress"] = None, 0.0
         if error is not None:
             values["error_code"], values["error_message"] = error
         changed = session.execute(

@@ -7,8 +7,10 @@ Every way out ends the job in a terminal state with an error code when it fails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -36,7 +38,7 @@ from compression.prune import prunable_layers
 from compression.train import STEP_MESSAGE, resolve_device
 from compression.zoo import get_architecture
 from db.blobs import read_blob, write_blob
-from db.jobs import add_event, claim, finish, heartbeat
+from db.jobs import add_event, claim, finish, heartbeat, release
 from db.models import File, Job, JobStatus
 from db.session import session_scope
 from db.settings import Settings
@@ -92,6 +94,10 @@ class JobLostError(Exception):
     """The job was taken from this worker (the reaper judged it lost)."""
 
 
+class WorkerStoppingError(Exception):
+    """Raised from a progress callback once the worker is told to stop (SIGTERM)."""
+
+
 class InvalidDataError(Exception):
     """The data file uploaded with the job cannot be used (the message names no server path)."""
 
@@ -105,6 +111,7 @@ class Recorder:
     settings: Settings
     cancelled: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
     last_event: float = 0.0
     last_stage: str | None = None
     shares: dict[str, float] = field(default_factory=lambda: dict(STAGE_SHARES))
@@ -114,6 +121,8 @@ class Recorder:
             raise JobCancelledError
         if self.lost.is_set():
             raise JobLostError
+        if self.stopping.is_set():
+            raise WorkerStoppingError
         moment = time.monotonic()
         if (
             message.startswith(STEP_MESSAGE)  # periodic; a round's outcome is never dropped
@@ -174,12 +183,25 @@ def run_job(job_id: str, settings: Settings, *, worker: str) -> None:
     metrics: dict[str, Any] | None = None
     artifact: str | None = None
     try:
-        metrics, artifact = _run(job_id, settings, recorder, workdir)
+        with _stop_on_sigterm(recorder.stopping):
+            metrics, artifact = _run(job_id, settings, recorder, workdir)
         outcome = (JobStatus.succeeded, None)
     except JobCancelledError:
         outcome = (JobStatus.cancelled, None)
     except JobLostError:
         log.warning("job %s was taken from this worker; stopping", job_id)
+        return
+    except WorkerStoppingError:
+        with session_scope(url) as session:
+            if release(session, job_id, worker):
+                add_event(
+                    session,
+                    job_id,
+                    "the worker is stopping (the service shuts down): the job goes back to the "
+                    "queue, and this attempt does not count",
+                    level="warning",
+                    progress=0.0,
+                )
         return
     except InvalidCheckpointError as error:
         outcome = (JobStatus.failed, ("invalid_checkpoint", str(error)))
@@ -227,6 +249,21 @@ def run_job(job_id: str, settings: Settings, *, worker: str) -> None:
             )
         else:
             log.warning("job %s ended here but was no longer this worker's", job_id)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(stopping: threading.Event) -> Iterator[None]:
+    """SIGTERM (`pqz serve` or `pqz worker` stopping, a container stopped) sets `stopping`, and
+    the job stops at its next progress step instead of being killed mid-way and counted as a
+    failed attempt. Only the main thread can take signals: elsewhere (tests) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(

@@ -69,8 +69,16 @@ def start_worker(tmp_path: Path) -> Iterator[object]:
     yield start
     for process in started:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _kill_worker(process)
+
+
+def _kill_worker(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to `pqz worker` and to each Celery worker it runs (each in its own group)."""
+    for child in _children(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _wait(
@@ -150,8 +158,7 @@ def test_worker_killed_mid_job_is_rerun_not_stuck(
         ):
             assert time.monotonic() < deadline, "the job never got going"
             time.sleep(0.2)
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its child, mid-job
-        worker.wait()
+        _kill_worker(worker)  # the worker and its child, mid-job
         job = _wait(client, alice, job_id, ("queued", "failed"), limit_s=60)
         assert job["status"] == "queued"  # re-queued by the reaper, 1 attempt of 2 spent
         assert job["attempts"] == 1
@@ -341,3 +348,55 @@ def test_serve_on_a_port_in_use_says_so_before_anything_else(tmp_path: Path) -> 
         "(choose another with --port)\n"
     )
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.sqlite_only
+def test_stopping_serve_puts_a_running_job_back_without_spending_an_attempt(
+    tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
+    env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
+    server = subprocess.Popen(
+        [PQZ, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        key = None
+        assert server.stdout is not None
+        for line in server.stdout:
+            if line.startswith("first API key"):
+                key = line.split(":", 1)[1].strip()
+            if "Uvicorn running" in line:
+                break
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
+        )
+        file_id = api.post(
+            "/v1/files", params={"filename": "m.pt"}, content=checkpoint_bytes
+        ).json()["id"]
+        spec = {"arch": "lenet-300-100", "data": "digits", "prune": {"rounds": 50}}
+        job_id = api.post("/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}).json()["id"]
+        deadline = time.monotonic() + 120
+        while api.get(f"/v1/jobs/{job_id}").json()["stage"] != "prune":
+            assert time.monotonic() < deadline, "the job never got going"
+            time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)  # as systemd or docker stop would
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'pqz.db'}")
+    with engine.connect() as connection:
+        job = connection.execute(
+            text("SELECT status, attempts, stage, progress FROM job WHERE id = :id"), {"id": job_id}
+        ).one()
+        last = connection.execute(
+            text("SELECT message FROM job_event WHERE job_id = :id ORDER BY id DESC LIMIT 1"),
+            {"id": job_id},
+        ).scalar_one()
+    engine.dispose()
+    assert tuple(job) == ("queued", 0, None, 0.0)
+    assert last.startswith("the worker is stopping (the service shuts down): the job goes back")
