@@ -74,3 +74,45 @@ class EventList(BaseModel):
     object: str = "list"
     data: list[EventPublic]
     has_more: bool
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where the bad value is, e.g. spec.prune.max_accuracy_drop.")
+    message: str
+
+
+class ProblemDetail(BaseModel):
+    """Every error answer (RFC 9457, `application/problem+json`)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong, quoting the bad value.")
+    instance: str = Field(description="The request's path.")
+    errors: list[FieldError] | None = Field(None, description="Every invalid field (422).")
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, as problem+json (FastAPI would otherwise
+    document its own 422 shape, which this API never sends)."""
+    described = {
+        401: "No API key, or a wrong one.",
+        404: "No such resource, or another user's.",
+        409: "The resource is in a state that forbids it.",
+        413: "The upload is over PQZ_MAX_UPLOAD_BYTES; nothing of it is kept.",
+        422: "Invalid request: every bad field is in `errors`.",
+        503: "The database or the broker cannot be reached.",
+    }
+    return {
+        status: {
+            "model": ProblemDetail,
+            "description": described[status],
+            # FastAPI files `model` under application/json too; the schema is the same.
+            "content": {
+                "application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/ProblemDetail"}
+                }
+            },
+        }
+        for status in statuses
+    }

@@ -548,3 +548,23 @@ def test_job_rows_keep_the_validated_spec(
         assert job.status == JobStatus.queued
         assert job.published_at is not None
         assert json.loads(json.dumps(job.spec))["data"] == "digits"
+
+
+def test_the_api_reference_documents_what_the_api_sends(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    upload_op = spec["paths"]["/v1/files"]["post"]
+    body = upload_op["requestBody"]["content"]["application/octet-stream"]
+    assert body["schema"] == {"type": "string", "format": "binary"}  # /docs can send a file
+    problem = {"$ref": "#/components/schemas/ProblemDetail"}
+    for path, method, status in [
+        ("/v1/files", "post", "413"),
+        ("/v1/files", "post", "422"),
+        ("/v1/jobs", "post", "401"),
+        ("/v1/jobs/{job_id}", "get", "404"),
+        ("/v1/jobs/{job_id}/cancel", "post", "409"),
+    ]:
+        content = spec["paths"][path][method]["responses"][status]["content"]
+        assert content["application/problem+json"]["schema"] == problem, (path, status)
+    assert "HTTPValidationError" not in json.dumps(spec)  # FastAPI's 422 shape is never sent
+    fields = spec["components"]["schemas"]["ProblemDetail"]["properties"]
+    assert {"type", "title", "status", "detail", "instance", "errors"} <= set(fields)

@@ -12,12 +12,18 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import FileDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem
 from app.idempotency import commit_or_replay, remember, replay
-from app.schemas import FileDeleted, FilePublic
+from app.schemas import FileDeleted, FilePublic, problems
 from app.uploads import HEAD_BYTES, refusal
 from db.blobs import BlobTooLargeError, BlobWriter, delete_blob
 from db.models import File, IdempotencyKey, Job
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=problems(401, 404, 422))
+RAW_BODY = {  # the upload is the raw body, streamed, not a form: said for /docs
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def public(file: File) -> FilePublic:
@@ -31,7 +37,13 @@ def public(file: File) -> FilePublic:
     )
 
 
-@router.post("", status_code=201, response_model=FilePublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=FilePublic,
+    responses=problems(413),
+    openapi_extra=RAW_BODY,
+)
 async def upload(
     request: Request,
     session: SessionDep,
@@ -139,7 +151,7 @@ async def get_file(file: FileDep) -> FilePublic:
     return public(file)  # no I/O: valid_file loaded it
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete("/{file_id}", response_model=FileDeleted, responses=problems(409))
 def delete_file(file: FileDep, session: SessionDep) -> FileDeleted:
     """Delete an upload and its bytes. Refused (409) while a job refers to it: a job's
     checkpoint and data stay for as long as the job does (re-runs read them)."""

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, text
 from app.api.deps import SessionDep, SettingsDep
 from app.errors import Problem
 from app.queue import celery_client
+from app.schemas import problems
 from db.models import Job, JobStatus
 
 router = APIRouter(tags=["health"])
@@ -19,7 +20,7 @@ async def healthz() -> dict[str, str]:  # async: no thread needed to say "ok"
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problems(503))
 def readyz(session: SessionDep, settings: SettingsDep) -> dict[str, str]:
     try:
         session.execute(text("SELECT 1"))

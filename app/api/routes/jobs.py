@@ -17,14 +17,22 @@ from app.api.deps import JobDep, SessionDep, SettingsDep, UserDep
 from app.errors import Problem, not_found
 from app.idempotency import commit_or_replay, fingerprint, remember, replay
 from app.queue import publisher
-from app.schemas import EventList, EventPublic, JobCreate, JobError, JobList, JobPublic
+from app.schemas import (
+    EventList,
+    EventPublic,
+    JobCreate,
+    JobError,
+    JobList,
+    JobPublic,
+    problems,
+)
 from db import catalog
 from db.blobs import read_blob
 from db.jobs import add_event, is_terminal, mark_published, request_cancel
 from db.models import Blob, File, Job, JobEvent, JobStatus
 from db.session import session_factory
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 404, 422))
 
 
 def public(job: Job) -> JobPublic:
@@ -169,7 +177,7 @@ async def get_job(job: JobDep) -> JobPublic:
     return public(job)  # no I/O: the job's columns were loaded by valid_job
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=problems(409))
 def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
     """A queued job ends at once; a running one ends between two steps of the worker."""
     if is_terminal(job.status):
