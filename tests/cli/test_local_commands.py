@@ -105,7 +105,7 @@ def test_inspect_of_a_damaged_file_fails_with_one_line(
         (["--arch", "lenet-300-100"], 1, "has shape [500, 800] in the checkpoint"),
         (["--arch", "lenet-5", "--centroids", "999"], 1, "n_centroids 999 is outside [2, 256]"),
         (["--arch", "lenet-5", "--sparsity", "0.5", "--threshold", "0.1"], 2, "not both"),
-        ([], 2, "Missing option '--arch'"),
+        ([], 2, 'give the architecture: --arch, or "arch" in the --spec file'),
     ],
 )
 def test_bad_input_is_one_clear_line(
