@@ -157,7 +157,7 @@ def reap(
     ).scalars()
     for job in list(lost):
         # Read before the update: it also refreshes `job` in the session (worker -> None).
-        worker, stage = job.worker, job.stage
+        worker, stage, progress = job.worker, job.stage, job.progress
         if job.status == JobStatus.cancelling:
             target, error = JobStatus.cancelled, None
         elif job.attempts < job.max_attempts:
@@ -186,6 +186,7 @@ def reap(
                 f"worker {worker} lost; job {target}",
                 level="warning",
                 stage=stage,
+                progress=0.0 if target == JobStatus.queued else progress,
             )
             acted.append(job.id)
     session.commit()

@@ -138,6 +138,7 @@ class Recorder:
                 break
             start += share
         progress = min(start + self.shares.get(stage, 0.0) * min(max(fraction, 0.0), 1.0), 1.0)
+        progress = round(progress, 4)  # 0.9999999999999999 is 1.0 to anyone reading it
         with session_scope(self.settings.resolved_database_url) as session:
             session.execute(
                 update(Job).where(Job.id == self.job_id).values(stage=stage, progress=progress)

@@ -502,6 +502,14 @@ def test_cancel_queued_job_ends_it_at_once(
     assert stream.headers["content-type"].startswith("text/event-stream")
     assert stream.text.count("event: job.event") == 2
     assert 'event: job.end\ndata: {"status": "cancelled"}' in stream.text
+    # An EventSource that reconnects sends the last id it saw, and gets only what came after.
+    first_id = events[0]["id"]
+    resumed = client.get(
+        f"/v1/jobs/{job_id}/events",
+        headers={**alice, "Accept": "text/event-stream", "Last-Event-ID": str(first_id)},
+    )
+    assert resumed.text.count("event: job.event") == 1
+    assert f"id: {events[1]['id']}\n" in resumed.text
     assert client.get(f"/v1/jobs/{job_id}/artifact", headers=alice).status_code == 409
 
 

@@ -211,11 +211,17 @@ def job_events(
     settings: SettingsDep,
     after: Annotated[int, Query(ge=0, description="Cursor: the last event id seen.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    last_event_id: Annotated[
+        int | None,
+        Header(ge=0, description="SSE: a reconnecting EventSource's last id (as `after`)."),
+    ] = None,
 ) -> EventList | StreamingResponse:
-    """Events oldest first; with `Accept: text/event-stream`, a live stream until the job ends."""
+    """Events oldest first; with `Accept: text/event-stream`, a live stream until the job ends
+    (a client that reconnects with `Last-Event-ID` goes on after that event)."""
     if "text/event-stream" in request.headers.get("accept", ""):
+        start = max(after, last_event_id or 0)
         return StreamingResponse(
-            _stream(settings.resolved_database_url, job.id, after), media_type="text/event-stream"
+            _stream(settings.resolved_database_url, job.id, start), media_type="text/event-stream"
         )
     events = _events(session, job.id, after, limit + 1)
     return EventList(data=[_event(event) for event in events[:limit]], has_more=len(events) > limit)
