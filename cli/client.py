@@ -316,18 +316,26 @@ def _summary(job: dict[str, Any], *, warnings_below: bool = False) -> str:
 
 
 def jobs(
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many, newest first.", min=1, max=100)] = 20,
+    after: Annotated[
+        str | None, typer.Option(help="Only jobs older than this one (the next page).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """List your jobs."""
-    page = Client().request("GET", "/v1/jobs", params={"limit": limit}).json()
+    """List your jobs: when each was submitted, its architecture, where it is."""
+    params: dict[str, Any] = {"limit": limit} | ({"after": after} if after else {})
+    page = Client().request("GET", "/v1/jobs", params=params).json()
     if json_output:
         print_json(page)
         return
     if not page["data"]:
-        console.print("no jobs yet")
+        console.print("no jobs yet" if after is None else f"no jobs older than {after}")
     for job in page["data"]:
-        console.print(_summary(job), highlight=False, soft_wrap=True)
+        submitted = job["created_at"][:16].replace("T", " ")  # ISO 8601, to the minute
+        line = f"{submitted}  {job['spec'].get('arch', '?')}  {_summary(job)}"
+        console.print(line, highlight=False, soft_wrap=True)
+    if page.get("has_more"):
+        console.print(f"more: pqz jobs --after {page['data'][-1]['id']}", highlight=False)
 
 
 def status(

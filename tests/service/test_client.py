@@ -212,9 +212,11 @@ def test_a_jobs_warning_is_counted_in_the_list_and_said_by_status(
             "final": {"test_accuracy": 0.88},
             "warnings": [warning],
         }
+        submitted = f"{job.created_at:%Y-%m-%d %H:%M}"
     listed = pqz("jobs")
     assert listed.stdout.strip() == (
-        f"{job_id}: succeeded, test accuracy 0.9000 -> 0.8800 (1 warning: `pqz status {job_id}`)"
+        f"{submitted}  lenet-300-100  {job_id}: succeeded, test accuracy 0.9000 -> 0.8800 "
+        f"(1 warning: `pqz status {job_id}`)"
     )
     shown = pqz("status", job_id)
     assert shown.stdout.strip() == f"{job_id}: succeeded, test accuracy 0.9000 -> 0.8800"
@@ -234,3 +236,23 @@ def test_submit_takes_the_architecture_from_the_spec_file(
     result = pqz("submit", str(checkpoint))
     assert result.returncode == 2
     assert result.stderr == 'error: give the architecture: --arch, or "arch" in the --spec file\n'
+
+
+def test_jobs_pages_through_the_list(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    ids = [
+        json.loads(pqz("submit", str(checkpoint), "--arch", "lenet-5", "--json").stdout)["id"]
+        for _ in range(3)
+    ]
+    first = pqz("jobs", "--limit", "2").stdout.strip().splitlines()
+    assert [line.split("  ")[2].split(":")[0] for line in first[:2]] == ids[::-1][:2]
+    assert first[2] == f"more: pqz jobs --after {ids[1]}"
+    rest = pqz("jobs", "--limit", "2", "--after", ids[1]).stdout.strip().splitlines()
+    assert len(rest) == 1
+    assert f"  lenet-5  {ids[0]}: queued" in rest[0]
+    too_many = pqz("jobs", "--limit", "200")
+    assert too_many.returncode == 2
+    assert "'--limit': Input should be less than or equal to 100" in too_many.stderr
