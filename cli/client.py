@@ -84,6 +84,11 @@ class Client:
             detail = problem.get("detail") or problem.get("title")
         except (ValueError, AttributeError):
             detail = response.text[:200] or response.reason_phrase
+        if response.status_code == 404 and detail == "Not Found":  # no such route, not no job
+            detail = (
+                f"{response.request.url.path} is not a pqz API path: PQZ_URL must be the "
+                f"server's root (http://HOST:PORT), not {self.url}"
+            )
         fail(f"{detail} (HTTP {response.status_code})")
 
     def stream(self, path: str) -> Iterator[httpx.Response]:

@@ -256,3 +256,17 @@ def test_jobs_pages_through_the_list(
     too_many = pqz("jobs", "--limit", "200")
     assert too_many.returncode == 2
     assert "'--limit': Input should be less than or equal to 100" in too_many.stderr
+
+
+def test_a_pqz_url_with_a_path_is_named_as_the_mistake(
+    client_env: dict[str, str], server_url: str
+) -> None:
+    env = {**client_env, "PQZ_URL": f"{server_url}/v1"}
+    listed = subprocess.run(
+        [PQZ, "jobs"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert listed.returncode == 1
+    assert listed.stderr == (
+        f"error: /v1/v1/jobs is not a pqz API path: PQZ_URL must be the server's root "
+        f"(http://HOST:PORT), not {server_url}/v1 (HTTP 404)\n"
+    )
