@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -26,6 +26,7 @@ Augment = Literal["auto", "none", "shift", "crop-flip"]
 AUGMENTS: tuple[Augment, ...] = ("auto", "none", "shift", "crop-flip")
 
 Rule = TypeVar("Rule")
+Built = TypeVar("Built")
 
 
 def check_keys(data: object, allowed: tuple[str, ...], where: str) -> Mapping[str, Any]:
@@ -142,8 +143,7 @@ class PruneRule:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "prune rule") -> PruneRule:
-        values = check_keys(data, ("sparsity", "threshold"), where)
-        return cls(**values)
+        return _build(cls, check_keys(data, ("sparsity", "threshold"), where), where)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -207,7 +207,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "prune") -> PruneConfig:
-        return cls(**_fields_from_dict(cls, data, PruneRule, where))
+        return _build(cls, _fields_from_dict(cls, data, PruneRule, where), where)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -235,7 +235,7 @@ class QuantRule:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "quantize rule") -> QuantRule:
-        return cls(**check_keys(data, _field_names(cls), where))
+        return _build(cls, check_keys(data, _field_names(cls), where), where)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -310,7 +310,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "quantize") -> QuantConfig:
-        return cls(**_fields_from_dict(cls, data, QuantRule, where))
+        return _build(cls, _fields_from_dict(cls, data, QuantRule, where), where)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -375,7 +375,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "finetune") -> FinetuneConfig:
-        return cls(**check_keys(data, _field_names(cls), where))
+        return _build(cls, check_keys(data, _field_names(cls), where), where)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -436,7 +436,16 @@ class CompressionSpec:
             values["quantize"] = QuantConfig.from_dict(values["quantize"], f"{where}.quantize")
         if "finetune" in values:
             values["finetune"] = FinetuneConfig.from_dict(values["finetune"], f"{where}.finetune")
+        return _build(cls, values, where)
+
+
+def _build(cls: Callable[..., Built], values: Mapping[str, Any], where: str) -> Built:
+    """`cls(**values)`, its error prefixed with where the values sit in the spec: a bare
+    "sparsity 2 is outside [0, 1)" does not say which of a spec's rules holds it."""
+    try:
         return cls(**values)
+    except InvalidConfigError as error:
+        raise InvalidConfigError(f"{where}: {error}") from None
 
 
 def _field_names(cls: type) -> tuple[str, ...]:

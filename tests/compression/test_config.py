@@ -69,6 +69,13 @@ def test_spec_rejects_invalid_values_naming_the_field(data: object, message: str
     assert message in str(raised.value)
 
 
+def test_a_bad_value_in_a_layer_rule_says_which_rule_holds_it() -> None:
+    data = {"prune": {"modules": {"fc1": {"sparsity": 2}}}}
+    with pytest.raises(InvalidConfigError) as raised:
+        CompressionSpec.from_dict(data)
+    assert str(raised.value) == "spec.prune.modules['fc1']: sparsity 2 is outside [0, 1)"
+
+
 def test_layer_rules_prefer_name_over_type_over_default() -> None:
     config = QuantConfig(
         n_centroids=128,
