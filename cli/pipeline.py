@@ -73,8 +73,12 @@ def train(
         # Zero epochs would save the random initial weights as a "baseline".
         typer.Option(help="Passes over the training split.", callback=positive),
     ] = 10.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.05,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
+    lr: Annotated[
+        float,
+        # At 0 nothing trains: the random initial weights would be saved as a "baseline".
+        typer.Option(help="Peak learning rate (cosine schedule).", callback=positive, max=10.0),
+    ] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Images per step.", min=1, max=65536)] = 128,
     num_classes: NumClassesOption = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,

@@ -182,6 +182,16 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             2,
             'give the architecture: --arch, or "arch" in the --spec file',
         ),
+        (  # a learning rate of 0 would save the random initial weights as a baseline
+            ["train", "--arch", "lenet-5", "--data", "digits", "--lr", "0", "-o", "{out}"],
+            2,
+            "Invalid value for '--lr': must be more than 0, got 0",
+        ),
+        (
+            ["train", "--arch", "lenet-5", "--data", "digits", "--batch-size", "0", "-o", "{out}"],
+            2,
+            "Invalid value for '--batch-size': Input should be greater than or equal to 1",
+        ),
         (
             ["compress", "{ckpt}", "--arch", "lenet-300-100", "-o", "{ckpt}/x.pqz"],
             2,
