@@ -111,6 +111,15 @@ class Pipeline:
         self.metrics["data"] = self.dataset.name
         self.metrics["baseline"] = self._accuracies()
         prune = self.spec.prune
+        images = len(self.dataset.val)
+        if prune is not None and images and 1 / images > prune.max_accuracy_drop:
+            self._warn(
+                "baseline",
+                f"the validation split has {images} images, so one image is "
+                f"{100 / images:.2f} points, more than the {100 * prune.max_accuracy_drop:.2f} "
+                f"that max_accuracy_drop {prune.max_accuracy_drop} allows: no decision can hold "
+                "the tolerance on it (more data, or a larger max_accuracy_drop)",
+            )
         if self.spec.finetune.distill or (prune is not None and prune.distill):
             self.teacher = clone_model(self.model)
         self._done("baseline", started)
@@ -158,9 +167,13 @@ class Pipeline:
         self.metrics["accuracy_drop"] = baseline - self.metrics["final"]["test_accuracy"]
         warning = self._tolerance_warning()
         if warning is not None:
-            self.metrics["warnings"] = [warning]
-            self.report("finetune")(1.0, f"warning: {warning}")
+            self._warn("finetune", warning)
         self._done("finetune", started)
+
+    def _warn(self, stage: str, warning: str) -> None:
+        """Kept in the manifest's metrics, and said as an event (the CLI prints it)."""
+        self.metrics.setdefault("warnings", []).append(warning)
+        self.report(stage)(1.0, f"warning: {warning}")
 
     def _tolerance_warning(self) -> str | None:
         """Said when the finished model lost more validation accuracy than the spec allows."""

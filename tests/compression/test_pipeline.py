@@ -259,6 +259,24 @@ def test_a_model_that_lost_more_than_the_tolerance_says_so(
     assert f"warning: {metrics['warnings'][0]}" in messages
 
 
+def test_a_validation_split_too_small_for_the_tolerance_is_said_at_the_start(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    messages: list[str] = []
+    spec = CompressionSpec(data="digits")  # max_accuracy_drop 0.003: 0.3 points
+    pipeline = Pipeline(
+        copy.deepcopy(trained), spec, digits, CPU, lambda *event: messages.append(event[2])
+    )
+    pipeline.baseline()
+    (warning,) = pipeline.metrics["warnings"]
+    assert warning == (
+        "the validation split has 144 images, so one image is 0.69 points, more than the 0.30 "
+        "that max_accuracy_drop 0.003 allows: no decision can hold the tolerance on it (more "
+        "data, or a larger max_accuracy_drop)"
+    )
+    assert f"warning: {warning}" in messages
+
+
 def test_fixed_layer_rules_count_against_the_tolerance_from_the_unpruned_model(
     trained: nn.Module, digits: Dataset
 ) -> None:
