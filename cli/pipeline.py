@@ -164,6 +164,8 @@ def evaluate(
         fail(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}", code=2)
     target = _device(device)
     require_file(file)
+    if file.stat().st_size == 0:
+        fail(f"{file} is empty: neither a .pqz file nor a checkpoint")
     with file.open("rb") as handle:
         is_pqz = handle.read(len(MAGIC)) == MAGIC
     if is_pqz:

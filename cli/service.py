@@ -11,12 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.output import console, errors, fail, print_json
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.models import ApiKey
 
 keys_app = typer.Typer(
     help="API keys: `pqz keys create NAME` prints a new key once.", no_args_is_help=True
@@ -61,15 +67,11 @@ def _safe_url(url: str) -> str:
     return url
 
 
-@keys_app.command("create")
-def create_key(
-    name: Annotated[str, typer.Argument(help="The user the key belongs to (created if new).")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print {name, key}.")] = False,
-) -> None:
-    """Create an API key; it is printed once and stored only as a hash."""
+@contextlib.contextmanager
+def _key_database() -> Iterator[Session]:
+    """A session on the service's database, for the key commands, which run on the server."""
     from sqlalchemy.exc import OperationalError
 
-    from db.jobs import create_api_key
     from db.migrate import upgrade
     from db.session import session_scope, sqlite_path
     from db.settings import get_settings
@@ -86,13 +88,73 @@ def create_key(
     try:
         upgrade(url)
         with session_scope(url) as session:
-            _, key = create_api_key(session, name)
+            yield session
     except OperationalError as error:
         fail(f"cannot use the database {_safe_url(url)}: {str(error.orig).splitlines()[0]}")
+
+
+@keys_app.command("create")
+def create_key(
+    name: Annotated[str, typer.Argument(help="The user the key belongs to (created if new).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print {name, key}.")] = False,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from db.jobs import create_api_key
+
+    with _key_database() as session:
+        _, key = create_api_key(session, name)
     if json_output:
         print_json({"name": name, "key": key})
     else:
         console.print(f"API key for {name} (shown once, store it now):\n{key}", highlight=False)
+
+
+@keys_app.command("list")
+def list_keys(
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Every API key: its id, the user it belongs to, its first characters, when it was made."""
+    from db.jobs import list_api_keys
+
+    with _key_database() as session:
+        rows = [_key_row(key, user) for key, user in list_api_keys(session)]
+    if json_output:
+        print_json(rows)
+        return
+    for row in rows:
+        console.print(
+            f"{row['id']}  {row['user']}  {row['prefix']}...  created {row['created_at']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not rows:
+        console.print("no API keys")
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    which: Annotated[str, typer.Argument(help="The key's id (key-...) or its shown prefix.")],
+) -> None:
+    """Delete an API key: requests with it are refused (401) from now on."""
+    from db.jobs import revoke_api_key
+
+    with _key_database() as session:
+        matches = [_key_row(key, user) for key, user in revoke_api_key(session, which)]
+    if not matches:
+        fail(f"no API key with id or prefix '{which}' (`pqz keys list` shows them)")
+    if len(matches) > 1:
+        ids = ", ".join(row["id"] for row in matches)
+        fail(f"'{which}' is the prefix of {len(matches)} keys ({ids}): give the id")
+    console.print(f"revoked {matches[0]['id']} ({matches[0]['prefix']}..., {matches[0]['user']})")
+
+
+def _key_row(key: ApiKey, user: str) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "user": user,
+        "prefix": key.prefix,
+        "created_at": f"{key.created_at:%Y-%m-%d %H:%M}",
+    }
 
 
 def _worker_command(name: str) -> list[str]:

@@ -248,6 +248,24 @@ def create_api_key(
     return record, key
 
 
+def list_api_keys(session: Session) -> list[tuple[ApiKey, str]]:
+    """Every key with its user's name, oldest first (the keys themselves are not stored)."""
+    rows = session.execute(
+        select(ApiKey, User.name).join(User, User.id == ApiKey.user_id).order_by(ApiKey.created_at)
+    ).all()
+    return [(key, name) for key, name in rows]
+
+
+def revoke_api_key(session: Session, which: str) -> list[tuple[ApiKey, str]]:
+    """Delete the key whose id or shown prefix is `which`; returns the keys that matched (the
+    one deleted, or none, or several when a prefix is ambiguous and nothing was deleted)."""
+    matches = [(key, name) for key, name in list_api_keys(session) if which in (key.id, key.prefix)]
+    if len(matches) == 1:
+        session.delete(matches[0][0])
+        session.flush()
+    return matches
+
+
 def owned_with_key(
     session: Session, model: type[Owned], resource_id: str, key: str
 ) -> Owned | None:

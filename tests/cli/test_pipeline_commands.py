@@ -182,6 +182,7 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             2,
             'give the architecture: --arch, or "arch" in the --spec file',
         ),
+        (["eval", "{empty}", "--data", "digits"], 1, "is empty: neither a .pqz file nor a"),
         (  # a learning rate of 0 would save the random initial weights as a baseline
             ["train", "--arch", "lenet-5", "--data", "digits", "--lr", "0", "-o", "{out}"],
             2,
@@ -218,7 +219,13 @@ def test_bad_input_is_one_clear_line(
 ) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"finetune": {"epoch": 3}}))
-    values = {"ckpt": str(trained[0]), "out": str(tmp_path / "out"), "spec": str(spec)}
+    (tmp_path / "empty.pqz").touch()
+    values = {
+        "ckpt": str(trained[0]),
+        "out": str(tmp_path / "out"),
+        "spec": str(spec),
+        "empty": str(tmp_path / "empty.pqz"),
+    }
     result = run(*[arg.format(**values) for arg in args])
     assert result.returncode == code
     assert message.format(**values) in result.stderr

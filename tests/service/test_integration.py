@@ -400,3 +400,28 @@ def test_stopping_serve_puts_a_running_job_back_without_spending_an_attempt(
     engine.dispose()
     assert tuple(job) == ("queued", 0, None, 0.0)
     assert last.startswith("the worker is stopping (the service shuts down): the job goes back")
+
+
+@pytest.mark.sqlite_only
+def test_keys_are_listed_and_a_revoked_key_is_refused(settings: Settings) -> None:
+    def pqz(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PQZ, "keys", *args], env=_env(settings), capture_output=True, text=True, check=False
+        )
+
+    key = json.loads(pqz("create", "dave", "--json").stdout)["key"]
+    listed = json.loads(pqz("list", "--json").stdout)
+    assert [(row["user"], row["prefix"]) for row in listed] == [("dave", key[:10])]
+    assert key not in pqz("list").stdout  # only its first characters are known
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/jobs", headers=headers).status_code == 200
+        revoked = pqz("revoke", key[:10])
+        assert revoked.returncode == 0, revoked.stderr
+        assert revoked.stdout == f"revoked {listed[0]['id']} ({key[:10]}..., dave)\n"
+        assert client.get("/v1/jobs", headers=headers).status_code == 401
+    again = pqz("revoke", listed[0]["id"])
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"error: no API key with id or prefix '{listed[0]['id']}' (`pqz keys list` shows them)\n"
+    )
