@@ -174,23 +174,33 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.sqlite_only
-def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes: bytes) -> None:
+def _start_serve(
+    tmp_path: Path, *, new_session: bool = False
+) -> tuple[subprocess.Popen[str], int, str | None]:
+    """`pqz serve` on a free port under tmp_path/var, once it listens; its first API key."""
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
     env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
     server = subprocess.Popen(
         [PQZ, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stderr=subprocess.STDOUT, text=True, start_new_session=new_session,
     )  # fmt: skip
+    key = None
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("first API key"):
+            key = line.split(":", 1)[1].strip()
+        if "Uvicorn running" in line:
+            break
+    return server, port, key
+
+
+@pytest.mark.sqlite_only
+def test_embedded_default_serves_the_cli_client(tmp_path: Path, checkpoint_bytes: bytes) -> None:
+    server, port, key = _start_serve(tmp_path, new_session=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
+    env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
     try:
-        key = None
-        assert server.stdout is not None
-        for line in server.stdout:
-            if line.startswith("first API key"):
-                key = line.split(":", 1)[1].strip()
-            if "Uvicorn running" in line:
-                break
         assert key is not None, "pqz serve printed no first API key"
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json() == {"status": "ready"}
         # The API process never loads torch (the catalog is published by a child process).
@@ -294,19 +304,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.sqlite_only
 def test_serve_replaces_a_worker_that_dies_and_its_workers_end_with_it(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
-    env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
-    server = subprocess.Popen(
-        [PQZ, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server, _, _ = _start_serve(tmp_path)
     workers: set[int] = set()
     try:
         assert server.stdout is not None
-        for line in server.stdout:
-            if "Uvicorn running" in line:
-                break
         (first,) = _children(server.pid)
         os.kill(first, signal.SIGKILL)  # as the kernel's out-of-memory killer would
         for line in server.stdout:
@@ -354,21 +355,8 @@ def test_serve_on_a_port_in_use_says_so_before_anything_else(tmp_path: Path) -> 
 def test_stopping_serve_puts_a_running_job_back_without_spending_an_attempt(
     tmp_path: Path, checkpoint_bytes: bytes
 ) -> None:
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PQZ_")}
-    env.update(PQZ_HOME=str(tmp_path / "var"), OMP_NUM_THREADS="1")
-    server = subprocess.Popen(
-        [PQZ, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server, port, key = _start_serve(tmp_path)
     try:
-        key = None
-        assert server.stdout is not None
-        for line in server.stdout:
-            if line.startswith("first API key"):
-                key = line.split(":", 1)[1].strip()
-            if "Uvicorn running" in line:
-                break
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
         )
