@@ -12,6 +12,7 @@ from celery.signals import worker_process_init, worker_ready
 from db import catalog
 from db.jobs import reap
 from db.session import forget_inherited_connections, session_scope
+from worker import lifeline
 from worker.celery_app import app, settings
 from worker.pipeline import run_job
 
@@ -36,8 +37,10 @@ def reap_jobs() -> None:
 
 @worker_process_init.connect
 def fresh_connections(**_: Any) -> None:
-    """Each pool process (one per job) opens its own database connections."""
+    """Each pool process (one per job) opens its own database connections, and stops with the
+    worker's main process (worker/lifeline.py)."""
     forget_inherited_connections()
+    lifeline.hold_parent()
 
 
 @worker_ready.connect

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -303,9 +304,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.sqlite_only
-def test_serve_replaces_a_worker_that_dies_and_its_workers_end_with_it(tmp_path: Path) -> None:
-    server, _, _ = _start_serve(tmp_path)
-    workers: set[int] = set()
+def test_serve_replaces_a_worker_that_dies_and_its_workers_end_with_it(
+    tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    server, port, key = _start_serve(tmp_path)
+    groups: set[int] = set()
     try:
         assert server.stdout is not None
         (first,) = _children(server.pid)
@@ -314,21 +317,63 @@ def test_serve_replaces_a_worker_that_dies_and_its_workers_end_with_it(tmp_path:
             if "starting another" in line:
                 break
         assert line.startswith("the worker exited with status -9; starting another (its log: ")
-        workers = _children(server.pid) - {first}
-        assert len(workers) == 1
-        # Killed outright, serve runs no cleanup: its worker must still not outlive it.
+        groups = _children(server.pid) - {first}  # each worker leads a process group
+        assert len(groups) == 1
+        job_id = _running_job(port, key, checkpoint_bytes)
+        # Killed outright, serve runs no cleanup: its worker, and the process running the
+        # job, must still not outlive it, and the job goes back to the queue.
         server.kill()
         server.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(_group_alive(group) for group in groups) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not any(_alive(pid) for pid in workers)
+        assert not any(_group_alive(group) for group in groups)
+        assert _job_row(tmp_path, job_id)[:2] == ("queued", 0)
     finally:
         if server.poll() is None:
             server.kill()
-        for pid in workers:
+        for group in groups:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    found = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=False)
+    return any(_alive(int(pid)) for pid in found.stdout.split())
+
+
+def _running_job(port: int, key: str | None, checkpoint_bytes: bytes) -> str:
+    """A job submitted to the served API that runs for minutes, once it is pruning."""
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
+    )
+    file_id = api.post("/v1/files", params={"filename": "m.pt"}, content=checkpoint_bytes).json()[
+        "id"
+    ]
+    spec = {"arch": "lenet-300-100", "data": "digits", "prune": {"rounds": 50}}
+    job_id: str = api.post("/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}).json()["id"]
+    deadline = time.monotonic() + 120
+    while api.get(f"/v1/jobs/{job_id}").json()["stage"] != "prune":
+        assert time.monotonic() < deadline, "the job never got going"
+        time.sleep(0.2)
+    return job_id
+
+
+def _job_row(tmp_path: Path, job_id: str) -> tuple[Any, ...]:
+    """(status, attempts, stage, progress, last event) from the served database."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'pqz.db'}")
+    with engine.connect() as connection:
+        job = connection.execute(
+            text("SELECT status, attempts, stage, progress FROM job WHERE id = :id"), {"id": job_id}
+        ).one()
+        last = connection.execute(
+            text("SELECT message FROM job_event WHERE job_id = :id ORDER BY id DESC LIMIT 1"),
+            {"id": job_id},
+        ).scalar_one()
+    engine.dispose()
+    return (*job, last)
 
 
 def test_serve_on_a_port_in_use_says_so_before_anything_else(tmp_path: Path) -> None:
@@ -357,35 +402,13 @@ def test_stopping_serve_puts_a_running_job_back_without_spending_an_attempt(
 ) -> None:
     server, port, key = _start_serve(tmp_path)
     try:
-        api = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
-        )
-        file_id = api.post(
-            "/v1/files", params={"filename": "m.pt"}, content=checkpoint_bytes
-        ).json()["id"]
-        spec = {"arch": "lenet-300-100", "data": "digits", "prune": {"rounds": 50}}
-        job_id = api.post("/v1/jobs", json={"checkpoint_file": file_id, "spec": spec}).json()["id"]
-        deadline = time.monotonic() + 120
-        while api.get(f"/v1/jobs/{job_id}").json()["stage"] != "prune":
-            assert time.monotonic() < deadline, "the job never got going"
-            time.sleep(0.2)
+        job_id = _running_job(port, key, checkpoint_bytes)
         server.send_signal(signal.SIGTERM)  # as systemd or docker stop would
         server.wait(timeout=60)
     finally:
         if server.poll() is None:
             server.kill()
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'pqz.db'}")
-    with engine.connect() as connection:
-        job = connection.execute(
-            text("SELECT status, attempts, stage, progress FROM job WHERE id = :id"), {"id": job_id}
-        ).one()
-        last = connection.execute(
-            text("SELECT message FROM job_event WHERE job_id = :id ORDER BY id DESC LIMIT 1"),
-            {"id": job_id},
-        ).scalar_one()
-    engine.dispose()
+    *job, last = _job_row(tmp_path, job_id)
     assert tuple(job) == ("queued", 0, None, 0.0)
     assert last.startswith("the worker is stopping (the service shuts down): the job goes back")
 
