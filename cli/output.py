@@ -130,10 +130,18 @@ def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
             highlight=False,
         )
     print_warnings(metrics)
-    rounds = (metrics.get("prune") or {}).get("rounds")
-    if rounds is not None:
+    pruned = metrics.get("prune") or {}
+    rounds = pruned.get("rounds")
+    tolerance = (spec.get("prune") or {}).get("max_accuracy_drop", 0.0)
+    if rounds == [] and "fixed_accuracy" in pruned:
+        console.print(
+            "pruning: no scan round ran; the layers with a fixed rule "
+            f"({', '.join(pruned.get('fixed_layers', []))}) alone lost more than "
+            f"{100 * tolerance:.2f} points",
+            highlight=False,
+        )
+    elif rounds is not None:
         kept = sum(1 for entry in rounds if entry["kept"])
-        tolerance = (spec.get("prune") or {}).get("max_accuracy_drop", 0.0)
         console.print(
             f"pruning: {kept} of {len(rounds)} rounds kept (a round is undone when validation "
             f"accuracy falls more than {100 * tolerance:.2f} points below the baseline)",

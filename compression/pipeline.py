@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.config import CompressionSpec, TrainConfig
+from compression.config import CompressionSpec, TrainConfig, check_patterns
 from compression.data import Dataset
 from compression.finetune import finetune
 from compression.pq import LayerQuantization, default_block_size, quantize_
@@ -75,6 +75,11 @@ class Pipeline:
     teacher: nn.Module | None = None
 
     def __post_init__(self) -> None:
+        # Layer patterns that match nothing are refused now, not after hours of pruning.
+        names = [name for name, _, _ in prunable_layers(self.model)]
+        if self.spec.prune is not None:
+            check_patterns(self.spec.prune.modules, names, "prune.modules")
+        check_patterns(self.spec.quantize.modules, names, "quantize.modules")
         self.model.to(self.device).eval()
         self.metrics.setdefault("mode", "pipeline" if self.dataset is not None else "post-training")
         self.metrics.setdefault("device", str(self.device))
@@ -194,7 +199,8 @@ class Pipeline:
         elif "fixed_accuracy" in pruned and lost > prune.max_accuracy_drop:
             why = (
                 f"pruning lost {100 * lost:.2f}: the layers that prune.modules gives a sparsity "
-                "or threshold are pruned as given, and the scan pruned nothing more"
+                f"or threshold ({', '.join(pruned.get('fixed_layers', []))}) are pruned as "
+                "given, and the scan pruned nothing more"
             )
         else:
             why = (

@@ -75,6 +75,7 @@ class ScanResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     # After the layers with fixed rules were pruned and retrained, before any scan.
     fixed_accuracy: float | None = None
+    fixed_layers: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -150,14 +151,14 @@ def prune_by_scan_(
     sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in prunable_layers(model)}
     check_patterns(config.modules, [name for name, _, _ in prunable_layers(model)], "prune.modules")
     baseline = val_score(model)  # the unpruned model's: the tolerance is measured from it
-    layers, fixed = [], 0
+    layers, fixed = [], []
     for name, module, type_name in prunable_layers(model):
         rule = resolve_rule(name, type_name, _SCANNED, config.module_types, config.modules)
         if rule is None:
             continue
         if rule is not _SCANNED:  # a fixed rule for this layer: applied once, not scanned
             prune_(model, PruneConfig(modules={re.escape(name): rule}), block_sizes=sizes)
-            fixed += 1
+            fixed.append(name)
             continue
         layers.append((name, module))
     # Every scanned layer gets a mask (all kept) so that the scan can tighten it in place.
@@ -169,9 +170,10 @@ def prune_by_scan_(
         # Layers given a sparsity or threshold are pruned as given, then retrained once; the
         # scan prunes the others within what those left of the tolerance.
         if report is not None:
-            report(0.0, f"{fixed} layer{'s' * (fixed > 1)} pruned as the spec fixes; retraining")
+            report(0.0, f"{', '.join(fixed)} pruned as the spec fixes; retraining")
         retrain(model, 0)
         result.final_accuracy = result.fixed_accuracy = val_score(model)
+        result.fixed_layers = fixed
         if baseline - result.final_accuracy > config.max_accuracy_drop:
             if report is not None:
                 report(1.0, "the fixed rules alone lost more than the tolerance: no scan")

@@ -277,6 +277,14 @@ def test_a_validation_split_too_small_for_the_tolerance_is_said_at_the_start(
     assert f"warning: {warning}" in messages
 
 
+def test_a_layer_pattern_that_matches_nothing_is_refused_before_any_stage(
+    trained: nn.Module, digits: Dataset
+) -> None:
+    spec = CompressionSpec(data="digits", quantize=QuantConfig(modules={"^fc": None}))
+    with pytest.raises(InvalidConfigError, match="quantize.modules pattern '\\^fc' matches no"):
+        Pipeline(copy.deepcopy(trained), spec, digits, CPU)
+
+
 def test_fixed_layer_rules_count_against_the_tolerance_from_the_unpruned_model(
     trained: nn.Module, digits: Dataset
 ) -> None:
@@ -331,8 +339,8 @@ def test_fixed_layer_rules_that_lose_more_than_the_tolerance_stop_the_scan_and_a
     assert "the fixed rules alone lost more than the tolerance: no scan" in messages
     lost = pruned["baseline_accuracy"] - pruned["final_accuracy"]
     assert (
-        f"pruning lost {100 * lost:.2f}: the layers that prune.modules gives"
-        in (info.metrics["warnings"][0])
+        f"pruning lost {100 * lost:.2f}: the layers that prune.modules gives a sparsity or "
+        "threshold (fc1) are pruned as given" in info.metrics["warnings"][0]
     )
 
 
