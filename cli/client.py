@@ -340,7 +340,8 @@ def jobs(
         line = f"{submitted}  {job['spec'].get('arch', '?')}  {_summary(job)}"
         console.print(line, highlight=False, soft_wrap=True)
     if page.get("has_more"):
-        console.print(f"more: pqz jobs --after {page['data'][-1]['id']}", highlight=False)
+        size = "" if limit == 20 else f" --limit {limit}"
+        console.print(f"more: pqz jobs{size} --after {page['data'][-1]['id']}", highlight=False)
 
 
 def status(

@@ -133,7 +133,9 @@ def list_keys(
 
 @keys_app.command("revoke")
 def revoke_key(
-    which: Annotated[str, typer.Argument(help="The key's id (key-...) or its shown prefix.")],
+    which: Annotated[
+        str, typer.Argument(help="The key's id (key-...), the key itself, or its shown prefix.")
+    ],
 ) -> None:
     """Delete an API key: requests with it are refused (401) from now on."""
     from db.jobs import revoke_api_key
@@ -141,7 +143,7 @@ def revoke_key(
     with _key_database() as session:
         matches = [_key_row(key, user) for key, user in revoke_api_key(session, which)]
     if not matches:
-        fail(f"no API key with id or prefix '{which}' (`pqz keys list` shows them)")
+        fail(f"no API key with id, key or prefix '{which}' (`pqz keys list` shows them)")
     if len(matches) > 1:
         ids = ", ".join(row["id"] for row in matches)
         fail(f"'{which}' is the prefix of {len(matches)} keys ({ids}): give the id")

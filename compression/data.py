@@ -317,9 +317,10 @@ def _idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
 def _downloading(name: str, root: Path, folder: Path | None = None) -> Iterator[None]:
     """torchvision's download of `name` into `folder` (under `root`): a network error becomes
     one line, and the folders made for it are removed if they stayed empty."""
-    deepest = folder or root
-    chain = [deepest, *deepest.parents[: len(deepest.relative_to(root).parts)]]
-    made = [path for path in chain if not path.exists()]  # deepest first
+    made, path = [], folder or root  # the folders the download will make, deepest first
+    while not path.exists() and path != path.parent:
+        made.append(path)
+        path = path.parent
     try:
         yield
     except (OSError, RuntimeError) as error:  # URLError is an OSError; MNIST wraps it

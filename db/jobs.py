@@ -257,9 +257,15 @@ def list_api_keys(session: Session) -> list[tuple[ApiKey, str]]:
 
 
 def revoke_api_key(session: Session, which: str) -> list[tuple[ApiKey, str]]:
-    """Delete the key whose id or shown prefix is `which`; returns the keys that matched (the
-    one deleted, or none, or several when a prefix is ambiguous and nothing was deleted)."""
-    matches = [(key, name) for key, name in list_api_keys(session) if which in (key.id, key.prefix)]
+    """Delete the key that `which` names: its id, the key itself, or the start of the prefix
+    `pqz keys list` shows. Returns the keys that matched: the one deleted, or none, or several
+    (an ambiguous prefix, and nothing is deleted)."""
+    digest = hash_key(which)
+    matches = [
+        (key, name)
+        for key, name in list_api_keys(session)
+        if which == key.id or key.key_hash == digest or (which and key.prefix.startswith(which))
+    ]
     if len(matches) == 1:
         session.delete(matches[0][0])
         session.flush()

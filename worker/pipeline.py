@@ -143,7 +143,8 @@ class Recorder:
             session.execute(
                 update(Job).where(Job.id == self.job_id).values(stage=stage, progress=progress)
             )
-            add_event(session, self.job_id, message, stage=stage, progress=progress)
+            level = "warning" if message.startswith("warning: ") else "info"
+            add_event(session, self.job_id, message, stage=stage, progress=progress, level=level)
 
     def beat(self, stop: threading.Event) -> None:
         """Heartbeat loop (its own thread): keeps the claim fresh, notices cancel and loss."""

@@ -293,7 +293,7 @@ def test_a_failed_download_is_one_line_and_leaves_no_empty_folders(
         raise reason
 
     monkeypatch.setattr(torchvision.datasets, class_name, offline)
-    root = tmp_path / "data"
+    root = tmp_path / "new" / "data"  # two folders that did not exist
     with pytest.raises(InvalidConfigError) as error:
         load_dataset(name, data_dir=root, download=True)
     assert str(error.value) == (
@@ -301,4 +301,4 @@ def test_a_failed_download_is_one_line_and_leaves_no_empty_folders(
         "service not known> (without internet, put its files there yourself, or set --data-dir "
         "or PQZ_DATA_DIR where they are)"
     )
-    assert not root.exists()
+    assert not (tmp_path / "new").exists()

@@ -249,7 +249,7 @@ def test_jobs_pages_through_the_list(
     ]
     first = pqz("jobs", "--limit", "2").stdout.strip().splitlines()
     assert [line.split("  ")[2].split(":")[0] for line in first[:2]] == ids[::-1][:2]
-    assert first[2] == f"more: pqz jobs --after {ids[1]}"
+    assert first[2] == f"more: pqz jobs --limit 2 --after {ids[1]}"
     rest = pqz("jobs", "--limit", "2", "--after", ids[1]).stdout.strip().splitlines()
     assert len(rest) == 1
     assert f"  lenet-5  {ids[0]}: queued" in rest[0]

@@ -427,12 +427,13 @@ def test_keys_are_listed_and_a_revoked_key_is_refused(settings: Settings) -> Non
     headers = {"Authorization": f"Bearer {key}"}
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/jobs", headers=headers).status_code == 200
-        revoked = pqz("revoke", key[:10])
+        revoked = pqz("revoke", key)  # the leaked key itself; its id or prefix do as well
         assert revoked.returncode == 0, revoked.stderr
         assert revoked.stdout == f"revoked {listed[0]['id']} ({key[:10]}..., dave)\n"
         assert client.get("/v1/jobs", headers=headers).status_code == 401
     again = pqz("revoke", listed[0]["id"])
     assert again.returncode == 1
     assert again.stderr == (
-        f"error: no API key with id or prefix '{listed[0]['id']}' (`pqz keys list` shows them)\n"
+        f"error: no API key with id, key or prefix '{listed[0]['id']}' (`pqz keys list` "
+        "shows them)\n"
     )
