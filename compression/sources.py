@@ -1,0 +1,271 @@
+"""Where a data set's arrays come from: scikit-learn's digits, IDX files (MNIST, Fashion-MNIST),
+torchvision's CIFAR, a user's `.npz` or image folder. Each reader returns the train and test
+splits as uint8 tensors and the number of classes, after checking what it read: a file pqz
+would misread is refused, naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compression.errors import DataNotFoundError, InvalidConfigError
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MAX_NPZ_BYTES = 8 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Images (n, channels, height, width) uint8 and labels (n,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]} pixels"
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(size) for size in shape)
+
+
+def _split(x: np.ndarray, y: np.ndarray, where: str) -> Split:
+    if x.ndim == 3:
+        x = x[:, None]  # (n, 1, h, w): grayscale
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # channels last -> channels first
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise InvalidConfigError(
+            f"{where}: images of shape {list(x.shape)} and labels of shape {list(y.shape)} do "
+            "not form a data set (want n x h x w or n x c x h x w images and n labels)"
+        )
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+            raise InvalidConfigError(
+                f"{where}: images must be uint8 or finite floats, got {x.dtype}"
+            )
+        low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if low < 0.0 or high > 255.0:
+            raise InvalidConfigError(
+                f"{where}: float images run from {low:.4g} to {high:.4g}; pqz takes pixel "
+                "values, uint8 or floats in 0..1 (or 0..255), and normalises them itself: "
+                "save the images before any normalisation"
+            )
+        scale = 255.0 if high <= 1.0 else 1.0
+        x = np.rint(x * scale).astype(np.uint8)
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise InvalidConfigError(f"{where}: labels must be non-negative integers, got {y.dtype}")
+    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)))
+
+
+def _classes(train: Split, test: Split) -> int:
+    return int(max(int(train.y.max()), int(test.y.max()))) + 1
+
+
+def digits() -> tuple[Split, Split, int]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)  # (1797, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))
+    test, train = order[:360], order[360:]  # a fixed 20% test split
+    return (
+        _split(images[train], labels[train], "digits"),
+        _split(images[test], labels[test], "digits"),
+        10,
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise InvalidConfigError(f"{path} is not an IDX file of unsigned bytes")
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    offset = 4 + 4 * dims
+    if len(data) - offset != int(np.prod(shape)):
+        raise InvalidConfigError(
+            f"{path} holds {len(data) - offset} bytes, its header says {shape}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape).copy()
+
+
+def _find(folders: list[Path], stem: str) -> Path | None:
+    for folder in folders:
+        for name in (stem, f"{stem}.gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
+    folders = [root / name, root / TORCHVISION_FOLDER[name] / "raw", root]
+    found = {split: [_find(folders, stem) for stem in stems] for split, stems in IDX_FILES.items()}
+    if any(path is None for paths in found.values() for path in paths):
+        if not download:
+            raise DataNotFoundError(
+                f"data set '{name}' not found under {root} (looked in {root / name} and "
+                f"{root / TORCHVISION_FOLDER[name] / 'raw'}); set --data-dir or PQZ_DATA_DIR, "
+                "or allow downloading (--download)",
+                name,
+            )
+        import torchvision
+
+        dataset_class = (
+            torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        )
+        with _downloading(name, root, root / TORCHVISION_FOLDER[name] / "raw"):
+            dataset_class(str(root), train=True, download=True)
+            dataset_class(str(root), train=False, download=True)
+        return idx(name, root, download=False)
+    splits = {}
+    for split, paths in found.items():
+        images, labels = (path for path in paths if path is not None)
+        splits[split] = _split(_read_idx(images), _read_idx(labels), f"{name} {split}")
+    return splits["train"], splits["test"], 10
+
+
+@contextlib.contextmanager
+def _downloading(name: str, root: Path, folder: Path | None = None) -> Iterator[None]:
+    """torchvision's download of `name` into `folder` (under `root`): a network error becomes
+    one line, and the folders made for it are removed if they stayed empty."""
+    made, path = [], folder or root  # the folders the download will make, deepest first
+    while not path.exists() and path != path.parent:
+        made.append(path)
+        path = path.parent
+    try:
+        yield
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; MNIST wraps it
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only where it stayed empty
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+        raise InvalidConfigError(
+            f"downloading data set '{name}' into {root} failed: {reason} (without internet, "
+            "put its files there yourself, or set --data-dir or PQZ_DATA_DIR where they are)"
+        ) from None
+
+
+def cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
+    import torchvision
+
+    dataset_class = (
+        torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    )
+    try:
+        with _downloading(name, root) if download else contextlib.nullcontext():
+            train = dataset_class(str(root), train=True, download=download)
+            test = dataset_class(str(root), train=False, download=download)
+    except RuntimeError as error:
+        raise DataNotFoundError(
+            f"data set '{name}' not found under {root} ({error}); set --data-dir or PQZ_DATA_DIR, "
+            "allow downloading (--download), or pass an image-folder directory",
+            name,
+        ) from None
+    classes = 10 if name == "cifar10" else 100
+    return (
+        _split(np.asarray(train.data), np.asarray(train.targets), name),
+        _split(np.asarray(test.data), np.asarray(test.targets), name),
+        classes,
+    )
+
+
+def npz(path: Path) -> tuple[Split, Split, int]:
+    if path.stat().st_size > MAX_NPZ_BYTES:
+        raise InvalidConfigError(f"{path} is larger than {MAX_NPZ_BYTES} bytes")
+    if not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle and suggest allow_pickle: never for a user's file.
+        raise InvalidConfigError(f"{path} is not an .npz file (a zip archive of .npy arrays)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+            if missing:
+                raise InvalidConfigError(f"{path} lacks the arrays {', '.join(sorted(missing))}")
+            arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    except InvalidConfigError:
+        raise
+    except ValueError as error:
+        why = "it holds Python objects" if "allow_pickle" in str(error) else str(error)
+        raise InvalidConfigError(f"{path} is not a readable .npz file: {why}") from None
+    except (OSError, zipfile.BadZipFile) as error:
+        raise InvalidConfigError(f"{path} is not a readable .npz file: {error}") from None
+    train = _split(arrays["x_train"], arrays["y_train"], f"{path.name} train")
+    test = _split(arrays["x_test"], arrays["y_test"], f"{path.name} test")
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise InvalidConfigError(f"{path}: train and test images differ in shape")
+    classes = _classes(train, test)
+    absent = sorted(set(range(classes)) - set(train.y.unique().tolist()))
+    if absent:
+        shown = ", ".join(str(label) for label in absent[:10]) + (", ..." if absent[10:] else "")
+        raise InvalidConfigError(
+            f"{path}: labels run up to {classes - 1}, but no training image has label {shown}: "
+            "the labels must number the classes 0 to N-1"
+        )
+    return train, test, classes
+
+
+def image_folder(root: Path) -> tuple[Split, Split, int]:
+    from PIL import Image
+
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise InvalidConfigError(
+            f"{root} is not an image folder: it needs train/<class>/ and test/<class>/"
+        )
+    classes = sorted(entry.name for entry in (root / "train").iterdir() if entry.is_dir())
+    if not classes:
+        raise InvalidConfigError(f"{root / 'train'} has no class folders")
+    index = {name: i for i, name in enumerate(classes)}
+
+    def read(split: str) -> Split:
+        images, labels, files = [], [], []
+        for name in sorted(p.name for p in (root / split).iterdir() if p.is_dir()):
+            if name not in index:
+                raise InvalidConfigError(
+                    f"class '{name}' of {root / split} is not among the training classes"
+                )
+            found = [
+                file
+                for file in sorted((root / split / name).iterdir())
+                if file.suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if split == "train" and not found:
+                raise InvalidConfigError(f"class folder {root / split / name} holds no images")
+            for file in found:
+                with Image.open(file) as image:
+                    images.append(image.convert("RGB" if image.mode != "L" else "L"))
+                files.append(file)
+                labels.append(index[name])
+        if not images:
+            raise InvalidConfigError(f"{root / split} holds no images")
+        # Grey images among colour ones are made colour: one mode for the whole set.
+        mode = "RGB" if any(image.mode == "RGB" for image in images) else "L"
+        arrays = [np.asarray(image.convert(mode)) for image in images]
+        for file, array in zip(files, arrays, strict=True):
+            if array.shape != arrays[0].shape:
+                raise InvalidConfigError(
+                    f"{file} is {_size(array)}, but {files[0]} is {_size(arrays[0])}: the images "
+                    "of a data set must all have one size"
+                )
+        return _split(np.stack(arrays), np.array(labels), f"{root.name} {split}")
+
+    return read("train"), read("test"), len(classes)
