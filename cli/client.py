@@ -120,7 +120,7 @@ def _check_upload(path: Path, purpose: str) -> None:
 
 
 def _upload(client: Client, path: Path, purpose: str) -> str:
-    require_file(path)
+    """Upload a file `_check_upload` has passed."""
     response = client.request(
         "POST",
         "/v1/files",

@@ -204,10 +204,11 @@ class _Keeper(threading.Thread):
     def __init__(self, gpus: list[str], log_dir: Path) -> None:
         super().__init__(name="worker-keeper", daemon=True)
         self.gpus, self.log_dir = gpus or [""], log_dir
-        self.processes = [_start_worker(gpu, log_dir) for gpu in self.gpus]
+        self.processes = _start_workers(self.gpus, log_dir)
         self.started = [time.monotonic()] * len(self.processes)
         self.failures = [0] * len(self.processes)
         self.stopping = threading.Event()
+        self.gave_up = False
 
     def run(self) -> None:
         while not self.stopping.wait(1.0):
@@ -224,6 +225,7 @@ class _Keeper(threading.Thread):
                         highlight=False,
                         soft_wrap=True,
                     )
+                    self.gave_up = True
                     os.kill(os.getpid(), signal.SIGTERM)  # stops the API: see `_interrupt`
                     return
                 errors.print(
@@ -318,7 +320,7 @@ def serve(
         pass
     finally:
         keeper.stop()
-    if keeper.failures and max(keeper.failures) >= _Keeper.TRIES:
+    if keeper.gave_up:
         raise typer.Exit(1)
 
 

@@ -148,11 +148,12 @@ def prune_by_scan_(
     `block_sizes` (layer name -> size) prunes runs of consecutive weights together, as
     `prune_` does; layers it does not name are pruned weight by weight.
     """
-    sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in prunable_layers(model)}
-    check_patterns(config.modules, [name for name, _, _ in prunable_layers(model)], "prune.modules")
+    candidates = prunable_layers(model)
+    sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in candidates}
+    check_patterns(config.modules, list(sizes), "prune.modules")
     baseline = val_score(model)  # the unpruned model's: the tolerance is measured from it
     layers, fixed = [], []
-    for name, module, type_name in prunable_layers(model):
+    for name, module, type_name in candidates:
         rule = resolve_rule(name, type_name, _SCANNED, config.module_types, config.modules)
         if rule is None:
             continue
