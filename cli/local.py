@@ -15,6 +15,7 @@ from cli.output import (
     check_output,
     console,
     layer_table,
+    print_input,
     print_json,
     print_pipeline,
     require_file,
@@ -81,7 +82,8 @@ def inspect(
     from compression import inspect_pqz
 
     require_file(file)
-    info = inspect_pqz(file).to_dict()
+    found = inspect_pqz(file)
+    info = found.to_dict()
     if json_output:
         print_json(info)
     else:
@@ -89,6 +91,7 @@ def inspect(
         title = f"{file} ({architecture['name']}, {architecture['num_classes']} classes)"
         console.print(layer_table(info["layers"], title))
         console.print(totals_table(info))
+        print_input(found.input)
         print_pipeline(info["metrics"], info["spec"])
         prune = info["metrics"].get("prune") or {}
         if scan and "rounds" not in prune:

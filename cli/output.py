@@ -7,11 +7,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, RenderableType
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from compression.preprocessing import Preprocessing
 
 # Piped output is not cut at 80 columns: names and ids must stay whole for grep and copy.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -116,6 +119,19 @@ def totals_table(info: dict[str, Any]) -> Table:
     checksum = "[green]ok[/]" if info["checksum_ok"] else "[bold red]MISMATCH[/] (file is corrupt)"
     table.add_row("sha-256", checksum)
     return table
+
+
+def print_input(preprocessing: Preprocessing | None) -> None:
+    """How to feed the model, as the file records it (`info.input(images)` does it in Python)."""
+    if preprocessing is None:
+        console.print(
+            "input: not recorded (compressed without data): feed it as the original model was fed",
+            highlight=False,
+        )
+        return
+    console.print(f"input: {preprocessing.describe()}", highlight=False)
+    if preprocessing.classes is not None:
+        console.print(f"classes: {', '.join(preprocessing.classes)}", highlight=False)
 
 
 def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:

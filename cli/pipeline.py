@@ -5,6 +5,7 @@ The library is imported inside each command so that `pqz --help` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from cli.output import (
     console,
     fail,
     layer_table,
+    print_input,
     print_json,
     print_pipeline,
     print_warnings,
@@ -168,8 +170,10 @@ def evaluate(
         fail(f"{file} is empty: neither a .pqz file nor a checkpoint")
     with file.open("rb") as handle:
         is_pqz = handle.read(len(MAGIC)) == MAGIC
+    recorded = None
     if is_pqz:
-        stored = inspect_pqz(file).architecture
+        found = inspect_pqz(file)
+        stored, recorded = found.architecture, found.input
         architecture = stored["name"]
         if arch is not None and arch != architecture:
             fail(f"{file} holds a '{architecture}', not --arch '{arch}'", code=2)
@@ -186,6 +190,9 @@ def evaluate(
     else:
         architecture = arch
     dataset = _dataset(data, data_dir, download, architecture, 0)
+    if recorded is not None:
+        # The model expects the statistics it was compressed with, whatever data it meets now.
+        dataset = dataclasses.replace(dataset, mean=recorded.mean, std=recorded.std)
     if is_pqz:
         from compression.data import batches
 
@@ -288,6 +295,7 @@ def compress(
         return
     console.print(layer_table(info.layers, f"{output} ({arch})"))
     console.print(totals_table(info.to_dict()))
+    print_input(info.input)
     print_pipeline(info.metrics, info.spec)
 
 
@@ -318,12 +326,9 @@ def _spec(
 
 
 def _dataset(source: str, data_dir: Path | None, download: bool, arch: str, seed: int) -> Dataset:
-    from compression import get_architecture
-    from compression.data import fit_to, load_dataset
+    from compression.data import load_dataset
 
-    architecture = get_architecture(arch)
-    dataset = load_dataset(source, data_dir=data_dir, download=download, seed=seed)
-    return fit_to(dataset, architecture.input_shape, architecture.resizes_input, arch)
+    return load_dataset(source, data_dir=data_dir, download=download, seed=seed, arch=arch)
 
 
 def _default_classes(arch: str) -> int:

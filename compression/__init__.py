@@ -4,7 +4,16 @@ Pure: torch and numpy in, plain values out; nothing here knows about the service
 """
 
 from compression.checkpoint import check_state_dict, load_checkpoint, read_checkpoint
-from compression.config import CompressionSpec, PruneConfig, PruneRule, QuantConfig, QuantRule
+from compression.config import (
+    CompressionSpec,
+    FinetuneConfig,
+    PruneConfig,
+    PruneRule,
+    QuantConfig,
+    QuantRule,
+    TrainConfig,
+)
+from compression.data import Dataset, load_dataset
 from compression.errors import (
     CompressionError,
     CorruptArtifactError,
@@ -14,6 +23,7 @@ from compression.errors import (
     UnsupportedLayerError,
 )
 from compression.kmeans import kmeans, kmeans_1d
+from compression.pipeline import compress_model
 from compression.pq import LayerQuantization, ProductQuantized, quantize_
 from compression.pqz import (
     FORMAT_VERSION,
@@ -24,6 +34,7 @@ from compression.pqz import (
     read_state_dict,
     save_pqz,
 )
+from compression.preprocessing import Preprocessing
 from compression.prune import LayerPruning, get_mask, prune_, remove_masks_
 from compression.zoo import Architecture, build_model, get_architecture, list_architectures
 
@@ -33,20 +44,25 @@ __all__ = [
     "CompressionError",
     "CompressionSpec",
     "CorruptArtifactError",
+    "Dataset",
+    "FinetuneConfig",
     "InvalidCheckpointError",
     "InvalidConfigError",
     "LayerPruning",
     "LayerQuantization",
     "PqzInfo",
+    "Preprocessing",
     "ProductQuantized",
     "PruneConfig",
     "PruneRule",
     "QuantConfig",
     "QuantRule",
+    "TrainConfig",
     "TrainingDivergedError",
     "UnsupportedLayerError",
     "build_model",
     "check_state_dict",
+    "compress_model",
     "decompress_pqz",
     "get_architecture",
     "get_mask",
@@ -55,6 +71,7 @@ __all__ = [
     "kmeans_1d",
     "list_architectures",
     "load_checkpoint",
+    "load_dataset",
     "load_pqz",
     "prune_",
     "quantize_",

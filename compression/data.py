@@ -8,6 +8,7 @@ batch, on the device that trains.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from compression import sources
 from compression.config import Augment
 from compression.errors import InvalidConfigError
+from compression.preprocessing import Preprocessing, resize_pixels
 from compression.sources import Split
+from compression.zoo import get_architecture
 
 __all__ = ["BUILT_IN", "Dataset", "Split", "batches", "fit_to", "load_dataset", "resolve_augment"]
 
@@ -38,11 +41,18 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool  # the data set's own recipe is crop-and-flip (CIFAR); see `resolve_augment`
+    classes: tuple[str, ...] | None = None  # the labels' names, where the source has them
+    resized_from: tuple[int, int] | None = None  # (height, width) before `fit_to` resized
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         channels, height, width = self.train.x.shape[1:]
         return int(channels), int(height), int(width)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What a model trained on this data set expects, as a `.pqz` records it."""
+        return Preprocessing(self.image_shape, self.mean, self.std, self.resized_from, self.classes)
 
 
 def default_data_dir() -> Path:
@@ -56,39 +66,50 @@ def load_dataset(
     download: bool = False,
     val_fraction: float = 0.1,
     seed: int = 0,
+    arch: str | None = None,
 ) -> Dataset:
     """A built-in name (`digits`, `mnist`, `fashion-mnist`, `cifar10`, `cifar100`) or a path to
-    an image-folder directory (`train/<class>/*`, `test/<class>/*`) or a `.npz` file."""
+    an image-folder directory (`train/<class>/*`, `test/<class>/*`) or a `.npz` file; with
+    `arch`, fitted to that architecture's input (see `fit_to`)."""
     if not 0.0 < val_fraction < 1.0:
         raise InvalidConfigError(f"val_fraction {val_fraction!r} is outside (0, 1)")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if source == "digits":
-        train, test, classes = sources.digits()
+        read = sources.digits()
     elif source in ("mnist", "fashion-mnist"):
-        train, test, classes = sources.idx(source, root, download)
+        read = sources.idx(source, root, download)
     elif source in ("cifar10", "cifar100"):
-        train, test, classes = sources.cifar(source, root, download)
+        read = sources.cifar(source, root, download)
     elif Path(source).suffix == ".npz" and Path(source).is_file():
-        train, test, classes = sources.npz(Path(source))
+        read = sources.npz(Path(source))
     elif Path(source).is_dir():
-        train, test, classes = sources.image_folder(Path(source))
+        read = sources.image_folder(Path(source))
     else:
         raise InvalidConfigError(
             f"unknown data set {source!r}: not one of {', '.join(BUILT_IN)}, "
             "nor an existing .npz file or image-folder directory"
         )
-    train, val = _hold_out(train, val_fraction, seed)
+    if read.num_classes < 2:
+        raise InvalidConfigError(
+            f"data set {source!r} has a single class: a classifier needs at least two"
+        )
+    train, val = _hold_out(read.train, val_fraction, seed)
     mean, std = _statistics(train.x)
-    return Dataset(
+    dataset = Dataset(
         name=source,
         train=train,
         val=val,
-        test=test,
-        num_classes=classes,
+        test=read.test,
+        num_classes=read.num_classes,
         mean=mean,
         std=std,
         augment=source in ("cifar10", "cifar100") or train.x.shape[1] == 3,
+        classes=read.class_names,
     )
+    if arch is None:
+        return dataset
+    architecture = get_architecture(arch)
+    return fit_to(dataset, architecture.input_shape, architecture.resizes_input, arch)
 
 
 def fit_to(dataset: Dataset, input_shape: tuple[int, ...], resizes: bool, arch: str) -> Dataset:
@@ -103,18 +124,14 @@ def fit_to(dataset: Dataset, input_shape: tuple[int, ...], resizes: bool, arch: 
         )
 
     def resize(split: Split) -> Split:
-        x = F.interpolate(split.x.float(), size=(height, width), mode="bilinear", antialias=True)
-        return Split(x.round().clamp(0, 255).to(torch.uint8), split.y)
+        return Split(resize_pixels(split.x.float(), height, width).to(torch.uint8), split.y)
 
-    return Dataset(
-        name=dataset.name,
+    return dataclasses.replace(
+        dataset,
         train=resize(dataset.train),
         val=resize(dataset.val),
         test=resize(dataset.test),
-        num_classes=dataset.num_classes,
-        mean=dataset.mean,
-        std=dataset.std,
-        augment=dataset.augment,
+        resized_from=dataset.image_shape[1:],
     )
 
 

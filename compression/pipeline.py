@@ -226,6 +226,7 @@ class Pipeline:
             num_classes=num_classes,
             spec=self.spec.to_dict(),
             metrics=self.metrics,
+            preprocessing=None if self.dataset is None else self.dataset.preprocessing,
         )
         self._done("package", started)
         return info

@@ -1,7 +1,7 @@
 """Where a data set's arrays come from: scikit-learn's digits, IDX files (MNIST, Fashion-MNIST),
 torchvision's CIFAR, a user's `.npz` or image folder. Each reader returns the train and test
-splits as uint8 tensors and the number of classes, after checking what it read: a file pqz
-would misread is refused, naming the file.
+splits as uint8 tensors, the number of classes and, where the source has them, their names,
+after checking what it read: a file pqz would misread is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +25,19 @@ IDX_FILES = {
 }
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+DIGITS = tuple(str(digit) for digit in range(10))
+FASHION = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MAX_NPZ_BYTES = 8 << 30
 
 
@@ -36,6 +50,15 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.y.numel())
+
+
+class Read(NamedTuple):
+    """What a reader found: both splits, how many classes, and their names where known."""
+
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
 
 
 def _size(image: np.ndarray) -> str:
@@ -79,7 +102,7 @@ def _classes(train: Split, test: Split) -> int:
     return int(max(int(train.y.max()), int(test.y.max()))) + 1
 
 
-def digits() -> tuple[Split, Split, int]:
+def digits() -> Read:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -87,10 +110,11 @@ def digits() -> tuple[Split, Split, int]:
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(labels))
     test, train = order[:360], order[360:]  # a fixed 20% test split
-    return (
+    return Read(
         _split(images[train], labels[train], "digits"),
         _split(images[test], labels[test], "digits"),
         10,
+        DIGITS,
     )
 
 
@@ -118,7 +142,7 @@ def _find(folders: list[Path], stem: str) -> Path | None:
     return None
 
 
-def idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
+def idx(name: str, root: Path, download: bool) -> Read:
     folders = [root / name, root / TORCHVISION_FOLDER[name] / "raw", root]
     found = {split: [_find(folders, stem) for stem in stems] for split, stems in IDX_FILES.items()}
     if any(path is None for paths in found.values() for path in paths):
@@ -142,7 +166,7 @@ def idx(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
     for split, paths in found.items():
         images, labels = (path for path in paths if path is not None)
         splits[split] = _split(_read_idx(images), _read_idx(labels), f"{name} {split}")
-    return splits["train"], splits["test"], 10
+    return Read(splits["train"], splits["test"], 10, DIGITS if name == "mnist" else FASHION)
 
 
 @contextlib.contextmanager
@@ -166,7 +190,7 @@ def _downloading(name: str, root: Path, folder: Path | None = None) -> Iterator[
         ) from None
 
 
-def cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
+def cifar(name: str, root: Path, download: bool) -> Read:
     import torchvision
 
     dataset_class = (
@@ -183,14 +207,15 @@ def cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, int]:
             name,
         ) from None
     classes = 10 if name == "cifar10" else 100
-    return (
+    return Read(
         _split(np.asarray(train.data), np.asarray(train.targets), name),
         _split(np.asarray(test.data), np.asarray(test.targets), name),
         classes,
+        tuple(train.classes) if len(train.classes) == classes else None,
     )
 
 
-def npz(path: Path) -> tuple[Split, Split, int]:
+def npz(path: Path) -> Read:
     if path.stat().st_size > MAX_NPZ_BYTES:
         raise InvalidConfigError(f"{path} is larger than {MAX_NPZ_BYTES} bytes")
     if not zipfile.is_zipfile(path):
@@ -221,12 +246,10 @@ def npz(path: Path) -> tuple[Split, Split, int]:
             f"{path}: labels run up to {classes - 1}, but no training image has label {shown}: "
             "the labels must number the classes 0 to N-1"
         )
-    return train, test, classes
+    return Read(train, test, classes)
 
 
-def image_folder(root: Path) -> tuple[Split, Split, int]:
-    from PIL import Image
-
+def image_folder(root: Path) -> Read:
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise InvalidConfigError(
             f"{root} is not an image folder: it needs train/<class>/ and test/<class>/"
@@ -235,37 +258,66 @@ def image_folder(root: Path) -> tuple[Split, Split, int]:
     if not classes:
         raise InvalidConfigError(f"{root / 'train'} has no class folders")
     index = {name: i for i, name in enumerate(classes)}
-
-    def read(split: str) -> Split:
-        images, labels, files = [], [], []
+    found: dict[str, list[tuple[Path, int]]] = {}
+    for split in ("train", "test"):
+        found[split] = []
         for name in sorted(p.name for p in (root / split).iterdir() if p.is_dir()):
             if name not in index:
                 raise InvalidConfigError(
                     f"class '{name}' of {root / split} is not among the training classes"
                 )
-            found = [
+            files = [
                 file
                 for file in sorted((root / split / name).iterdir())
                 if file.suffix.lower() in IMAGE_SUFFIXES
             ]
-            if split == "train" and not found:
+            if split == "train" and not files:
                 raise InvalidConfigError(f"class folder {root / split / name} holds no images")
-            for file in found:
-                with Image.open(file) as image:
-                    images.append(image.convert("RGB" if image.mode != "L" else "L"))
-                files.append(file)
-                labels.append(index[name])
-        if not images:
+            found[split] += [(file, index[name]) for file in files]
+        if not found[split]:
             raise InvalidConfigError(f"{root / split} holds no images")
-        # Grey images among colour ones are made colour: one mode for the whole set.
-        mode = "RGB" if any(image.mode == "RGB" for image in images) else "L"
-        arrays = [np.asarray(image.convert(mode)) for image in images]
-        for file, array in zip(files, arrays, strict=True):
-            if array.shape != arrays[0].shape:
+    images = {split: [_pixels(file) for file, _ in found[split]] for split in found}
+    # Grey images among colour ones are made colour: one mode for the whole data set.
+    colour = any(image.ndim == 3 for split in images.values() for image in split)
+    first = found["train"][0][0], _as(images["train"][0], colour)
+    splits = {}
+    for split, pixels in images.items():
+        arrays = [_as(image, colour) for image in pixels]
+        for (file, _), array in zip(found[split], arrays, strict=True):
+            if array.shape != first[1].shape:
                 raise InvalidConfigError(
-                    f"{file} is {_size(array)}, but {files[0]} is {_size(arrays[0])}: the images "
+                    f"{file} is {_size(array)}, but {first[0]} is {_size(first[1])}: the images "
                     "of a data set must all have one size"
                 )
-        return _split(np.stack(arrays), np.array(labels), f"{root.name} {split}")
+        labels = np.array([label for _, label in found[split]])
+        splits[split] = _split(np.stack(arrays), labels, f"{root.name} {split}")
+    return Read(splits["train"], splits["test"], len(classes), tuple(classes))
 
-    return read("train"), read("test"), len(classes)
+
+def _pixels(file: Path) -> np.ndarray:
+    """One image as uint8 pixels: (h, w) where it is grey, (h, w, 3) where it has colour.
+
+    16-bit grey (PNG) is scaled to 8 bits, and an alpha channel is dropped. An image with a
+    palette or an alpha channel whose colours are all grey is grey; one stored as plain colour
+    (RGB, as JPEGs are) stays colour, whatever it shows.
+    """
+    from PIL import Image
+
+    with Image.open(file) as image:
+        mode = image.mode
+        if mode.startswith("I"):  # I;16 and I: 16-bit grey
+            wide = np.asarray(image).astype(np.float64)
+            return np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8)
+        if mode in ("L", "LA", "1"):
+            return np.asarray(image.convert("L"))
+        rgb = np.asarray(image.convert("RGB"))  # (h, w, 3)
+    stored_grey = mode in ("RGBA", "P", "PA") and bool(
+        (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    )
+    return np.ascontiguousarray(rgb[..., 0]) if stored_grey else rgb
+
+
+def _as(image: np.ndarray, colour: bool) -> np.ndarray:
+    if colour and image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)  # (h, w, 3)
+    return image

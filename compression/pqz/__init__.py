@@ -27,6 +27,7 @@ from compression.pqz.container import (
     write_container,
 )
 from compression.pqz.tensors import check_entries, decode_entry, encode_model, logical_tensors
+from compression.preprocessing import Preprocessing
 from compression.runtime import RUNTIMES, compile_runtime
 from compression.zoo import build_model, get_architecture
 
@@ -60,6 +61,9 @@ class PqzInfo:
     layers: list[dict[str, Any]]
     spec: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # How to feed the model (pixels / 255, resize, mean and std, class names): recorded by the
+    # pipeline, which knows the data; None for a file compressed without data.
+    input: Preprocessing | None = None
 
     @property
     def compression_ratio(self) -> float:
@@ -76,6 +80,7 @@ class PqzInfo:
             "checksum_ok": self.checksum_ok,
             "size_breakdown": self.size_breakdown,
             "layers": self.layers,
+            "input": None if self.input is None else self.input.to_dict(),
             "spec": self.spec,
             "metrics": self.metrics,
         }
@@ -96,8 +101,10 @@ def save_pqz(
     num_classes: int,
     spec: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> PqzInfo:
-    """Write `model` (pruned and/or quantized or not) as a `.pqz` file, atomically."""
+    """Write `model` (pruned and/or quantized or not) as a `.pqz` file, atomically, with how
+    its inputs are prepared where that is known."""
     writer = SectionWriter()
     entries = encode_model(model, writer)
     dense_bytes = sum(tensor.numel() * 4 for _, tensor, _ in logical_tensors(model))
@@ -111,6 +118,8 @@ def save_pqz(
         "dense_size_bytes": dense_bytes,
         "tensors": entries,
     }
+    if preprocessing is not None:
+        manifest["input"] = preprocessing.to_dict()
     write_container(path, manifest, writer)
     return inspect_pqz(path)
 
@@ -151,6 +160,7 @@ def inspect_pqz(path: str | os.PathLike[str]) -> PqzInfo:
         layers=layers,
         spec=_object(manifest.get("spec")),
         metrics=_object(manifest.get("metrics")),
+        input=_preprocessing(manifest.get("input")),
     )
 
 
@@ -231,6 +241,17 @@ def decompress_pqz(path: str | os.PathLike[str], out: str | os.PathLike[str]) ->
 
 def _object(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _preprocessing(value: object) -> Preprocessing | None:
+    if value is None:
+        return None  # files from before the format recorded it, or compressed without data
+    try:
+        if not isinstance(value, dict):
+            raise InvalidConfigError("input is not an object")
+        return Preprocessing.from_dict(value)
+    except InvalidConfigError as error:
+        raise CorruptArtifactError(f"manifest's {error}") from None
 
 
 def _element_budget(file_size: int) -> int:

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,10 +98,32 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         "arch": "lenet-300-100",
         "runtime": "dense",
     }
+    # Another data set whose training images are darker, with the same test images: the file's
+    # recorded normalisation is used, not the statistics of the data it meets.
+    from compression.sources import digits
+
+    read = digits()
+    darker = tmp_path / "darker.npz"
+    np.savez(
+        darker,
+        x_train=read.train.x[:, 0].numpy() // 2,
+        y_train=read.train.y.numpy(),
+        x_test=read.test.x[:, 0].numpy(),
+        y_test=read.test.y.numpy(),
+    )
+    evaluated = run("eval", str(out), "--data", str(darker), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == final["test_accuracy"]
+    assert info["input"]["source_size"] == [8, 8]
+    assert info["input"]["classes"] == [str(digit) for digit in range(10)]
     # What the pipeline recorded, read back from the file alone.
     inspected = run("inspect", str(out), "--scan")
     assert inspected.returncode == 0, inspected.stderr
     assert f"-> {final['test_accuracy']:.4f} on 360 images" in inspected.stdout
+    assert "input: 1x28x28 images, resized from 8x8 (bilinear): pixels / 255, then (x - [0." in (
+        inspected.stdout
+    )
+    assert "classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in inspected.stdout
     prune = info["metrics"]["prune"]
     (first,) = prune["rounds"]
     assert "threshold scan, first round: validation accuracy with one layer pruned" in (

@@ -216,6 +216,30 @@ def test_grey_images_among_colour_ones_are_made_colour(tmp_path: Path) -> None:
     assert len(dataset.train) + len(dataset.val) == 5
 
 
+def test_sixteen_bit_grey_and_grey_with_alpha_stay_grey(tmp_path: Path) -> None:
+    """A 16-bit PNG is scaled to 8 bits (it was clipped to white as colour); a grey image saved
+    with an alpha channel among grey ones keeps the data set grey."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, name in enumerate(("a", "b")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                grey = np.full((8, 8), 100 * label + i, dtype=np.uint8)
+                Image.fromarray(grey).save(tmp_path / split / name / f"{i}.png")
+    wide = np.full((8, 8), 40_000, dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "test/a/16bit.png")
+    assert Image.open(tmp_path / "test/a/16bit.png").mode.startswith("I")
+    rgba = np.full((8, 8, 4), 77, dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "train/b/alpha.png")
+    dataset = load_dataset(str(tmp_path), val_fraction=0.2)
+    assert dataset.image_shape == (1, 8, 8)
+    assert dataset.classes == ("a", "b")
+    assert sorted(dataset.test.x[:, 0, 0, 0].tolist()) == [0, 1, 100, 101, round(40_000 / 257)]
+    pixels = torch.cat([dataset.train.x, dataset.val.x])[:, 0, 0, 0].tolist()
+    assert 77 in pixels
+
+
 def test_image_folder_mistakes_name_the_file_or_folder(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -228,6 +252,21 @@ def test_image_folder_mistakes_name_the_file_or_folder(tmp_path: Path) -> None:
         f"{odd} is 30x28 pixels, but {tmp_path / 'sizes/train/cat/0.png'} is 32x32 pixels: the "
         "images of a data set must all have one size"
     )
+    _image_folder(tmp_path / "test-size")
+    bigger = tmp_path / "test-size/test/cat/big.png"
+    Image.fromarray(np.zeros((36, 36, 3), dtype=np.uint8)).save(bigger)
+    with pytest.raises(InvalidConfigError) as error:
+        load_dataset(str(tmp_path / "test-size"))
+    assert str(error.value) == (
+        f"{bigger} is 36x36 pixels, but {tmp_path / 'test-size/train/cat/0.png'} is 32x32 "
+        "pixels: the images of a data set must all have one size"
+    )
+    (tmp_path / "one/train/cat").mkdir(parents=True)
+    (tmp_path / "one/test/cat").mkdir(parents=True)
+    for split in ("train", "test"):
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / f"one/{split}/cat/0.png")
+    with pytest.raises(InvalidConfigError, match="has a single class: a classifier needs"):
+        load_dataset(str(tmp_path / "one"))
     _image_folder(tmp_path / "empty")
     (tmp_path / "empty/train/bird").mkdir()
     with pytest.raises(InvalidConfigError) as error:
