@@ -186,6 +186,13 @@ def submit(
     if num_classes is not None:
         body["num_classes"] = num_classes
     if data is not None and not data.endswith(".npz"):
+        if Path(data).exists():
+            fail(
+                f"--data {data} is a local {'folder' if Path(data).is_dir() else 'file'}: the "
+                "service takes a built-in data set's name or an .npz file to upload (pqz pack "
+                f"{data} -o data.npz makes one)",
+                code=2,
+            )
         body["data"] = data
     _check_spec(body)  # before anything is uploaded, as far as the spec alone can tell
     if data is not None and data.endswith(".npz"):

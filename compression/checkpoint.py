@@ -24,8 +24,8 @@ from compression.zoo import build_model
 
 DEFAULT_MAX_BYTES = 4 << 30
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-WHAT_TO_UPLOAD = (
-    "upload a state dict saved with torch.save(model.state_dict(), path) or a .safetensors file"
+WHAT_TO_GIVE = (
+    "use a state dict saved with torch.save(model.state_dict(), path) or a .safetensors file"
 )
 
 
@@ -48,16 +48,16 @@ def read_checkpoint(
         state = _read_safetensors(file_path)
     elif head[:2] == b"PK":
         raise InvalidCheckpointError(
-            f"checkpoint is a truncated or damaged zip archive; {WHAT_TO_UPLOAD}"
+            f"checkpoint is a truncated or damaged zip archive; {WHAT_TO_GIVE}"
         )
     elif head[:1] == b"\x80":
         raise InvalidCheckpointError(
             "checkpoint is in the legacy (non-zip) torch.save format or a bare pickle, which "
-            f"cannot be read safely; {WHAT_TO_UPLOAD}"
+            f"cannot be read safely; {WHAT_TO_GIVE}"
         )
     else:
         raise InvalidCheckpointError(
-            f"not a PyTorch checkpoint or safetensors file; {WHAT_TO_UPLOAD}"
+            f"not a PyTorch checkpoint or safetensors file; {WHAT_TO_GIVE}"
         )
     return _strip_prefix(state)
 
@@ -71,21 +71,25 @@ def load_checkpoint(
 ) -> nn.Module:
     """Build the architecture and load a checked checkpoint into it."""
     model = build_model(architecture, num_classes)
-    state = read_checkpoint(path, max_bytes=max_bytes)
-    check_state_dict(model, state, architecture)
+    state = check_state_dict(model, read_checkpoint(path, max_bytes=max_bytes), architecture)
     model.load_state_dict(state)
     return model
 
 
 def check_state_dict(
     model: nn.Module, state: Mapping[str, torch.Tensor], architecture: str
-) -> None:
-    """Raise, naming the first tensor that is missing, unexpected or of the wrong shape."""
+) -> dict[str, torch.Tensor]:
+    """`state` with the model's names, or raise naming the first tensor that is missing,
+    unexpected or of the wrong shape. A prefix on every name that the model lacks (a Lightning
+    module's `model.`) is removed where what is left are exactly the model's names."""
     expected = model.state_dict()
+    state = _without_prefix(dict(state), set(expected))
     for name, tensor in expected.items():
         if name not in state:
+            found = ", ".join(f"'{key}'" for key in list(state)[:3])
             raise InvalidCheckpointError(
-                f"checkpoint lacks tensor '{name}' of architecture '{architecture}'"
+                f"checkpoint lacks tensor '{name}' of architecture '{architecture}' (its "
+                f"tensors begin {found}: is it another architecture?)"
             )
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise InvalidCheckpointError(
@@ -98,6 +102,20 @@ def check_state_dict(
             raise InvalidCheckpointError(
                 f"checkpoint has tensor '{name}', which architecture '{architecture}' does not have"
             )
+    return state
+
+
+def _without_prefix(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    if set(state) == names or not state:
+        return state
+    first = next(iter(state))
+    for end in (i for i, char in enumerate(first) if char == "."):
+        prefix = first[: end + 1]
+        if all(key.startswith(prefix) for key in state):
+            stripped = {key.removeprefix(prefix): tensor for key, tensor in state.items()}
+            if set(stripped) == names:
+                return stripped
+    return state
 
 
 def _read_torch_zip(path: Path, max_bytes: int) -> dict[str, torch.Tensor]:
@@ -109,12 +127,10 @@ def _read_torch_zip(path: Path, max_bytes: int) -> dict[str, torch.Tensor]:
                 name.endswith(("/constants.pkl", "/code/")) or "/code/__torch__" in name
                 for name in names
             ):
-                raise InvalidCheckpointError(
-                    f"checkpoint is a TorchScript archive; {WHAT_TO_UPLOAD}"
-                )
+                raise InvalidCheckpointError(f"checkpoint is a TorchScript archive; {WHAT_TO_GIVE}")
             if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
                 raise InvalidCheckpointError(
-                    f"zip file is not a torch.save checkpoint; {WHAT_TO_UPLOAD}"
+                    f"zip file is not a torch.save checkpoint; {WHAT_TO_GIVE}"
                 )
             declared = sum(info.file_size for info in infos)
             if declared > max_bytes:
@@ -149,7 +165,7 @@ def _explain_unpickling(message: str) -> str:
     what = f" ({found.group(1)})" if found else ""
     return (
         f"checkpoint holds a pickled object{what}, not only tensors, and was not loaded; "
-        f"{WHAT_TO_UPLOAD}"
+        f"{WHAT_TO_GIVE}"
     )
 
 
@@ -180,7 +196,7 @@ def _as_state_dict(loaded: object) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping) or not _all_tensors(loaded) or not loaded:
         raise InvalidCheckpointError(
             f"checkpoint is a {type(loaded).__name__} without a state dict of tensors; "
-            f"{WHAT_TO_UPLOAD}"
+            f"{WHAT_TO_GIVE}"
         )
     return dict(loaded)
 
@@ -202,5 +218,6 @@ def _classes_hint(model: nn.Module, name: str, found: torch.Size, expected: torc
     if not last or not name.startswith(f"{last[0]}.") or found[1:] != expected[1:]:
         return ""
     return (
-        f": the checkpoint's model has {found[0]} classes (num_classes, --num-classes {found[0]})"
+        f": the checkpoint's model has {found[0]} class{'es' if found[0] != 1 else ''} "
+        f"(num_classes, --num-classes {found[0]})"
     )

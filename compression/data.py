@@ -13,13 +13,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from compression import sources
 from compression.config import Augment
 from compression.errors import InvalidConfigError
+from compression.pqz.container import atomic_path
 from compression.preprocessing import Preprocessing, resize_pixels
 from compression.sources import Split
 from compression.zoo import get_architecture
@@ -73,22 +76,7 @@ def load_dataset(
     `arch`, fitted to that architecture's input (see `fit_to`)."""
     if not 0.0 < val_fraction < 1.0:
         raise InvalidConfigError(f"val_fraction {val_fraction!r} is outside (0, 1)")
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if source == "digits":
-        read = sources.digits()
-    elif source in ("mnist", "fashion-mnist"):
-        read = sources.idx(source, root, download)
-    elif source in ("cifar10", "cifar100"):
-        read = sources.cifar(source, root, download)
-    elif Path(source).suffix == ".npz" and Path(source).is_file():
-        read = sources.npz(Path(source))
-    elif Path(source).is_dir():
-        read = sources.image_folder(Path(source))
-    else:
-        raise InvalidConfigError(
-            f"unknown data set {source!r}: not one of {', '.join(BUILT_IN)}, "
-            "nor an existing .npz file or image-folder directory"
-        )
+    read = read_source(source, data_dir=data_dir, download=download)
     if read.num_classes < 2:
         raise InvalidConfigError(
             f"data set {source!r} has a single class: a classifier needs at least two"
@@ -110,6 +98,63 @@ def load_dataset(
         return dataset
     architecture = get_architecture(arch)
     return fit_to(dataset, architecture.input_shape, architecture.resizes_input, arch)
+
+
+def read_source(
+    source: str, *, data_dir: str | os.PathLike[str] | None = None, download: bool = False
+) -> sources.Read:
+    """A data set's train and test splits as its files hold them (see `load_dataset`)."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if source == "digits":
+        read = sources.digits()
+    elif source in ("mnist", "fashion-mnist"):
+        read = sources.idx(source, root, download)
+    elif source in ("cifar10", "cifar100"):
+        read = sources.cifar(source, root, download)
+    elif Path(source).suffix == ".npz" and Path(source).is_file():
+        read = sources.npz(Path(source))
+    elif Path(source).is_dir():
+        read = sources.image_folder(Path(source))
+    elif Path(source).is_file():
+        raise InvalidConfigError(
+            f"data set {source!r} is a file but not an .npz: pqz reads .npz files (x_train, "
+            "y_train, x_test, y_test) and image folders"
+        )
+    else:
+        path = Path(source)
+        where = (
+            f" ({path.resolve()} does not exist)"
+            if os.sep in source or path.suffix == ".npz"
+            else ""
+        )
+        raise InvalidConfigError(
+            f"unknown data set {source!r}{where}: not one of {', '.join(BUILT_IN)}, "
+            "nor an existing .npz file or image-folder directory"
+        )
+    return read
+
+
+def pack(
+    source: str,
+    output: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+) -> sources.Read:
+    """Write a data set's train and test splits (and class names) as an `.npz` that
+    `load_dataset` reads back the same: what the service takes for an image folder."""
+    read = read_source(source, data_dir=data_dir, download=download)
+    arrays: dict[str, Any] = {
+        "x_train": read.train.x.numpy(),  # (n, c, h, w) uint8
+        "y_train": read.train.y.numpy(),
+        "x_test": read.test.x.numpy(),
+        "y_test": read.test.y.numpy(),
+    }
+    if read.class_names is not None:
+        arrays["classes"] = np.array(read.class_names)  # unicode, readable without pickle
+    with atomic_path(output) as temporary, temporary.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return read
 
 
 def fit_to(dataset: Dataset, input_shape: tuple[int, ...], resizes: bool, arch: str) -> Dataset:

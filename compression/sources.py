@@ -74,11 +74,30 @@ def _split(x: np.ndarray, y: np.ndarray, where: str) -> Split:
         x = x[:, None]  # (n, 1, h, w): grayscale
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)  # channels last -> channels first
+    if (
+        y.ndim == 2
+        and y.shape[1] > 1
+        and len(y)
+        and np.isin(y, (0, 1)).all()
+        and (y.sum(1) == 1).all()
+    ):
+        raise InvalidConfigError(
+            f"{where}: labels of shape {list(y.shape)} look one-hot; save the class numbers "
+            "instead (y.argmax(1))"
+        )
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
         raise InvalidConfigError(
             f"{where}: images of shape {list(x.shape)} and labels of shape {list(y.shape)} do "
             "not form a data set (want n x h x w or n x c x h x w images and n labels)"
         )
+    if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
+        smallest, largest = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        if smallest < 0 or largest > 255:
+            raise InvalidConfigError(
+                f"{where}: {x.dtype} images run from {smallest} to {largest}; pqz takes pixel "
+                "values 0..255 (or floats in 0..1)"
+            )
+        x = x.astype(np.uint8)  # whole pixel values in a wider type
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
             raise InvalidConfigError(
@@ -93,6 +112,8 @@ def _split(x: np.ndarray, y: np.ndarray, where: str) -> Split:
             )
         scale = 255.0 if high <= 1.0 else 1.0
         x = np.rint(x * scale).astype(np.uint8)
+    if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.rint(y)).all():
+        y = y.astype(np.int64)  # whole class numbers stored as floats, as pandas often does
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise InvalidConfigError(f"{where}: labels must be non-negative integers, got {y.dtype}")
     return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)))
@@ -225,8 +246,13 @@ def npz(path: Path) -> Read:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
             if missing:
-                raise InvalidConfigError(f"{path} lacks the arrays {', '.join(sorted(missing))}")
+                held = ", ".join(sorted(archive.files)) or "no arrays"
+                raise InvalidConfigError(
+                    f"{path} lacks the arrays {', '.join(sorted(missing))} (it holds {held}; "
+                    "the names are x_train, y_train, x_test, y_test)"
+                )
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+            names = archive["classes"] if "classes" in archive.files else None
     except InvalidConfigError:
         raise
     except ValueError as error:
@@ -246,7 +272,12 @@ def npz(path: Path) -> Read:
             f"{path}: labels run up to {classes - 1}, but no training image has label {shown}: "
             "the labels must number the classes 0 to N-1"
         )
-    return Read(train, test, classes)
+    if names is not None and (names.ndim != 1 or names.dtype.kind != "U" or len(names) != classes):
+        raise InvalidConfigError(
+            f"{path}: the optional array 'classes' must name the {classes} classes in order "
+            f"(strings), got {names.dtype} of shape {list(names.shape)}"
+        )
+    return Read(train, test, classes, None if names is None else tuple(names.tolist()))
 
 
 def image_folder(root: Path) -> Read:

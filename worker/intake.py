@@ -97,7 +97,7 @@ def _read(
         limit = _address_space() + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         state = read_checkpoint(checkpoint, max_bytes=max_bytes)
-        check_state_dict(build_model(arch, num_classes), state, arch)
+        state = check_state_dict(build_model(arch, num_classes), state, arch)
         save_file({name: tensor.contiguous() for name, tensor in state.items()}, out)
     except CompressionError as error:
         return ("invalid", str(error))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import signal
 import tempfile
@@ -318,26 +319,32 @@ def _run(
     return metrics, blob.id
 
 
-def _download(url: str, file_id: str, target: Path) -> None:
+def _download(url: str, file_id: str, target: Path) -> str:
+    """Write the file's bytes to `target`; return the name it was uploaded under."""
     with session_scope(url) as session, target.open("wb") as handle:
         file = session.get(File, file_id)
         if file is None:
             raise InvalidCheckpointError(f"file {file_id} no longer exists")
         for chunk in read_blob(session, file.blob_id):
             handle.write(chunk)
+        return file.filename
 
 
 def _dataset(
     spec: CompressionSpec, url: str, data_file: str | None, workdir: Path, settings: Settings
 ) -> Dataset | None:
     if data_file is not None:
-        path = workdir / "data.npz"
-        _download(url, data_file, path)
+        # Kept under the user's own file name (made safe), which the reader's messages quote.
+        (workdir / "data").mkdir()
+        download = workdir / "data" / "upload"
+        filename = _download(url, data_file, download)
+        name = re.sub(r"[^\w.-]", "_", Path(filename).name).lstrip(".") or "data"
+        path = download.rename(download.with_name(name if name.endswith(".npz") else f"{name}.npz"))
         try:
             dataset = load_dataset(str(path), seed=spec.seed)
         except InvalidConfigError as error:
             raise InvalidDataError(
-                str(error).replace(str(path), "the uploaded data file")
+                str(error).replace(str(path), f"the uploaded data file '{path.name}'")
             ) from None
     elif spec.data is not None:
         try:

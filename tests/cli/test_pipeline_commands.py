@@ -159,6 +159,18 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
             "has 1x8x8 images; architecture 'vgg16-cifar' takes 3x32x32",
         ),
         (
+            ["submit", "{ckpt}", "--arch", "lenet-5", "--data", "{folder}"],
+            2,
+            "--data {folder} is a local folder: the service takes a built-in data set's name or "
+            "an .npz file to upload (pqz pack {folder} -o data.npz makes one)",
+        ),
+        (
+            ["eval", "{ckpt}", "--arch", "lenet-5", "--data", "{spec}"],
+            1,
+            "data set '{spec}' is a file but not an .npz: pqz reads .npz files",
+        ),
+        (["pack", "digits", "-o", "{out}"], 2, "-o {out} must end in .npz"),
+        (
             ["compress", "{ckpt}", "--arch", "lenet-300-100", "--spec", "{spec}", "-o", "{out}"],
             1,
             "unknown field 'epoch' in spec.finetune",
@@ -248,6 +260,7 @@ def test_bad_input_is_one_clear_line(
         "out": str(tmp_path / "out"),
         "spec": str(spec),
         "empty": str(tmp_path / "empty.pqz"),
+        "folder": str(tmp_path),
     }
     result = run(*[arg.format(**values) for arg in args])
     assert result.returncode == code
@@ -280,3 +293,26 @@ def test_submit_checks_the_spec_before_uploading(
         "threshold, scope, module_types, modules, max_accuracy_drop, rounds, retrain_epochs, "
         "retrain_lr, scan_samples, distill)"
     )
+
+
+def test_pack_writes_an_npz_that_reads_back_as_the_same_data_set(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from compression.data import load_dataset
+
+    for split in ("train", "test"):
+        for label, name in enumerate(("cat", "dog")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(3):
+                image = np.full((8, 8, 3), (40 * i, 100 * label, 7), dtype=np.uint8)
+                Image.fromarray(image).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    out = tmp_path / "imgs.npz"
+    result = run("pack", str(tmp_path / "imgs"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out} (")
+    assert "6 training and 6 test images of 3x8x8, 2 classes" in result.stdout
+    folder, packed = load_dataset(str(tmp_path / "imgs")), load_dataset(str(out))
+    assert packed.classes == folder.classes == ("cat", "dog")
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(packed, split).x, getattr(folder, split).x)
+        assert torch.equal(getattr(packed, split).y, getattr(folder, split).y)

@@ -73,7 +73,7 @@ def test_hostile_pickle_message_names_the_refused_object(tmp_path: Path) -> None
 def test_torchscript_archive_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "scripted.pt"
     torch.jit.script(build_model("lenet-300-100")).save(str(path))
-    with pytest.raises(InvalidCheckpointError, match="TorchScript archive; upload a state dict"):
+    with pytest.raises(InvalidCheckpointError, match="TorchScript archive; use a state dict"):
         read_checkpoint(path)
 
 
@@ -145,9 +145,27 @@ def test_shape_mismatch_names_the_first_tensor(
         "tensor 'fc3.weight' has shape [10, 100] in the checkpoint but [7, 100] in architecture "
         "'lenet-300-100': the checkpoint's model has 10 classes (num_classes, --num-classes 10)"
     )
-    with pytest.raises(InvalidCheckpointError, match="lacks tensor 'conv1.weight'"):
+    with pytest.raises(InvalidCheckpointError) as error:
         load_checkpoint(path, "lenet-5")
+    assert str(error.value) == (
+        "checkpoint lacks tensor 'conv1.weight' of architecture 'lenet-5' (its tensors begin "
+        "'fc1.weight', 'fc1.bias', 'fc2.weight': is it another architecture?)"
+    )
     extra = tmp_path / "extra.pt"
     torch.save({**state, "head.weight": torch.zeros(1)}, extra)
     with pytest.raises(InvalidCheckpointError, match="has tensor 'head.weight', which"):
         load_checkpoint(extra, "lenet-300-100")
+
+
+def test_a_prefix_on_every_name_is_removed_where_the_rest_are_the_models_names(
+    tmp_path: Path, state: dict[str, torch.Tensor]
+) -> None:
+    """A Lightning module's checkpoint names its network's tensors `model.fc1.weight`."""
+    path = tmp_path / "lightning.pt"
+    torch.save({"state_dict": {f"model.{name}": tensor for name, tensor in state.items()}}, path)
+    model = load_checkpoint(path, "lenet-300-100")
+    assert torch.equal(model.state_dict()["fc1.weight"], state["fc1.weight"])
+    other = tmp_path / "other.pt"  # a prefix, but the rest are not this model's names
+    torch.save({f"net.{i}.weight": torch.zeros(2) for i in range(3)}, other)
+    with pytest.raises(InvalidCheckpointError, match=r"begin 'net.0.weight', 'net.1.weight'"):
+        load_checkpoint(other, "lenet-300-100")

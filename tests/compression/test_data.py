@@ -136,10 +136,29 @@ def test_npz_is_validated(tmp_path: Path) -> None:
     )
     dataset = load_dataset(str(good))
     assert dataset.image_shape == (3, 8, 8)
+    assert dataset.classes is None  # an .npz names its classes only where it says so
+    named = tmp_path / "named.npz"
+    arrays = {key: np.load(good)[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    np.savez(named, **arrays, classes=np.array(["a", "b", "c", "d"]))
+    assert load_dataset(str(named)).classes == ("a", "b", "c", "d")
+    np.savez(named, **arrays, classes=np.array(["a", "b"]))
+    with pytest.raises(InvalidConfigError, match="'classes' must name the 4 classes in order"):
+        load_dataset(str(named))
+    wide = tmp_path / "wide.npz"  # whole pixel values in int64, as np.array(list) makes them
+    pixels = rng.integers(0, 256, (10, 8, 8))
+    labels = np.arange(10) % 2
+    np.savez(wide, x_train=pixels, y_train=labels, x_test=pixels, y_test=labels.astype(float))
+    assert torch.equal(
+        load_dataset(str(wide)).test.x[:, 0], torch.from_numpy(pixels).to(torch.uint8)
+    )
     missing = tmp_path / "missing.npz"
     np.savez(missing, x_train=np.zeros((4, 8, 8)), y_train=np.zeros(4, dtype=int))
-    with pytest.raises(InvalidConfigError, match="missing.npz lacks the arrays x_test, y_test$"):
+    with pytest.raises(InvalidConfigError) as error:
         load_dataset(str(missing))
+    assert str(error.value) == (
+        f"{missing} lacks the arrays x_test, y_test (it holds x_train, y_train; the names are "
+        "x_train, y_train, x_test, y_test)"
+    )
     wrong = tmp_path / "wrong.npz"
     np.savez(
         wrong,
@@ -283,6 +302,18 @@ def test_image_folder_mistakes_name_the_file_or_folder(tmp_path: Path) -> None:
             "bad.npz train: float images run from -0.5 to -0.5; pqz takes pixel values, uint8 "
             "or floats in 0..1 (or 0..255), and normalises them itself: save the images before "
             "any normalisation",
+        ),
+        (
+            np.full((4, 8, 8), 300, dtype=np.int64),
+            np.arange(4),
+            "bad.npz train: int64 images run from 300 to 300; pqz takes pixel values 0..255 (or "
+            "floats in 0..1)",
+        ),
+        (
+            np.zeros((4, 8, 8), dtype=np.uint8),
+            np.eye(4, dtype=np.int64),
+            "bad.npz train: labels of shape [4, 4] look one-hot; save the class numbers instead "
+            "(y.argmax(1))",
         ),
         (
             np.zeros((4, 8, 8), dtype=np.uint8),

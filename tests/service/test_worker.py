@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -269,7 +270,37 @@ def test_an_unusable_data_upload_fails_the_job_without_naming_server_paths(
     assert job["status"] == "failed"
     assert job["error"] == {
         "code": "invalid_data",
-        "message": "the uploaded data file is not an .npz file (a zip archive of .npy arrays)",
+        "message": "the uploaded data file 'model.pt.npz' is not an .npz file (a zip archive of "
+        ".npy arrays)",
+    }
+
+
+@pytest.mark.sqlite_only
+def test_a_data_uploads_errors_quote_the_users_file_name(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    buffer = io.BytesIO()
+    images = np.zeros((4, 8, 8), dtype=np.uint8)
+    np.savez(buffer, x_train=images, y_train=np.eye(4), x_test=images, y_test=np.arange(4))
+    response = client.post(
+        "/v1/files",
+        params={"filename": "../my labels.npz", "purpose": "dataset"},
+        content=buffer.getvalue(),
+        headers=alice,
+    )
+    assert response.status_code == 201, response.text
+    checkpoint = upload(client, alice, checkpoint_bytes)
+    body = {
+        "checkpoint_file": checkpoint,
+        "data_file": response.json()["id"],
+        "spec": {"arch": "lenet-300-100"},
+    }
+    job_id = client.post("/v1/jobs", json=body, headers=alice).json()["id"]
+    run_job(job_id, settings, worker="test-worker")
+    assert _job(client, alice, job_id)["error"] == {
+        "code": "invalid_data",
+        "message": "my_labels.npz train: labels of shape [4, 4] look one-hot; save the class "
+        "numbers instead (y.argmax(1))",
     }
 
 
