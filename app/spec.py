@@ -166,6 +166,24 @@ class FinetuneSpec(Strict):
     layerwise_epochs: Epochs = 0.0
 
 
+Statistic = Annotated[
+    list[Annotated[float, Field(ge=-1e3, le=1e3), AsGiven]], Field(min_length=1, max_length=4)
+]
+
+
+class NormalizeSpec(Strict):
+    mean: Statistic
+    std: Statistic
+
+    def model_post_init(self, context: object) -> None:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values but std {len(self.std)}: give as many of each"
+            )
+        if any(value <= 0 for value in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+
 class JobSpec(Strict):
     """A compression job. `arch` is required here; `data` makes it run the whole pipeline."""
 
@@ -176,6 +194,7 @@ class JobSpec(Strict):
     quantize: QuantSpec = Field(default_factory=QuantSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     augment: Literal["auto", "none", "shift", "crop-flip"] = "auto"
+    normalize: NormalizeSpec | None = None
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 

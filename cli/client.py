@@ -35,11 +35,13 @@ from cli.spec_options import (
     BlockSizeOption,
     CentroidsOption,
     MaxDropOption,
+    MeanOption,
     MethodOption,
     NumClassesOption,
     ScalarOption,
     SparsityOption,
     SpecOptions,
+    StdOption,
     ThresholdOption,
 )
 
@@ -153,6 +155,8 @@ def submit(
     centroids: CentroidsOption = None,
     scalar_when_smaller: ScalarOption = None,
     augment: AugmentOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     json_output: JsonOption = False,
@@ -167,6 +171,8 @@ def submit(
         centroids=centroids,
         scalar_when_smaller=scalar_when_smaller,
         augment=augment,
+        mean=mean,
+        std=std,
     )
     require_file(checkpoint)
     body: dict[str, Any] = {}

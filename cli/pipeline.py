@@ -10,7 +10,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,12 +34,15 @@ from cli.spec_options import (
     BlockSizeOption,
     CentroidsOption,
     MaxDropOption,
+    MeanOption,
     MethodOption,
     NumClassesOption,
     ScalarOption,
     SparsityOption,
     SpecOptions,
+    StdOption,
     ThresholdOption,
+    normalization,
     positive,
 )
 
@@ -112,10 +115,13 @@ def train(
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seeds weights, splits and batches.")] = 0,
     augment: AugmentOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     json_output: JsonOption = False,
     force: ForceOption = False,
 ) -> None:
     """Train a baseline model on a data set and save its state dict (seeded, CPU or CUDA)."""
+    given = normalization(mean, std)
     check_output(output, force=force)
     import torch
 
@@ -130,7 +136,7 @@ def train(
         epochs=epochs, lr=lr, batch_size=batch_size, augment=(augment or Augmentation.auto).value
     )
     target = _device(device)
-    dataset = _dataset(data, data_dir, download, arch, seed)
+    dataset = _normalized(_dataset(data, data_dir, download, arch, seed), given)
     torch.manual_seed(seed)
     model = build_model(arch, dataset.num_classes if num_classes is None else num_classes)
     started = time.perf_counter()
@@ -179,9 +185,12 @@ def evaluate(
         str,
         typer.Option(help="How a .pqz runs: dense (decoded), auto (measured kernels), int8, ..."),
     ] = "dense",
+    mean: MeanOption = None,
+    std: StdOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Test accuracy of a compressed .pqz (from the file alone) or of a checkpoint."""
+    given = normalization(mean, std)
     from compression import inspect_pqz, load_checkpoint, load_pqz
     from compression.pqz.container import MAGIC
     from compression.runtime import RUNTIMES, runtime_report
@@ -208,13 +217,15 @@ def evaluate(
                 f"--num-classes {num_classes}",
                 code=2,
             )
+        if given is not None:
+            fail("--mean and --std apply to checkpoints: a .pqz records its own", code=2)
     elif runtime != "dense":
         fail("--runtime applies to .pqz files; a checkpoint runs as it is", code=2)
     elif arch is None:
         fail("a checkpoint needs --arch (a .pqz file names its own architecture)", code=2)
     else:
         architecture = arch
-    dataset = _dataset(data, data_dir, download, architecture, 0)
+    dataset = _normalized(_dataset(data, data_dir, download, architecture, 0), given)
     if recorded is not None:
         # The model expects the statistics it was compressed with, whatever data it meets now.
         dataset = dataclasses.replace(dataset, mean=recorded.mean, std=recorded.std)
@@ -228,7 +239,7 @@ def evaluate(
         model = load_checkpoint(
             file, architecture, dataset.num_classes if num_classes is None else num_classes
         )
-    result = {
+    result: dict[str, Any] = {
         "accuracy": accuracy(model, dataset, dataset.test, device=target),
         "n": len(dataset.test),
         "data": data,
@@ -272,6 +283,8 @@ def compress(
     centroids: CentroidsOption = None,
     scalar_when_smaller: ScalarOption = None,
     augment: AugmentOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
@@ -289,6 +302,8 @@ def compress(
         centroids=centroids,
         scalar_when_smaller=scalar_when_smaller,
         augment=augment,
+        mean=mean,
+        std=std,
     )
     check_output(output, force=force, source=checkpoint)
     from compression import load_checkpoint
@@ -354,6 +369,15 @@ def _dataset(source: str, data_dir: Path | None, download: bool, arch: str, seed
     from compression.data import load_dataset
 
     return load_dataset(source, data_dir=data_dir, download=download, seed=seed, arch=arch)
+
+
+def _normalized(dataset: Dataset, given: dict[str, list[float]] | None) -> Dataset:
+    from compression.config import Normalize
+    from compression.data import normalized
+
+    return normalized(
+        dataset, None if given is None else Normalize.from_dict(given, "--mean/--std")
+    )
 
 
 def _default_classes(arch: str) -> int:

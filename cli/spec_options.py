@@ -60,6 +60,17 @@ MaxDropOption = Annotated[
 MethodOption = Annotated[Method | None, typer.Option(help="pq (product) or kmeans (scalar).")]
 BlockSizeOption = Annotated[int | None, typer.Option(help="Sub-vector size d (default per layer).")]
 CentroidsOption = Annotated[int | None, typer.Option(help="Centroids per layer, 2..256.")]
+MeanOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The model's input normalisation (with --std), on pixels / 255: one value, or one "
+        "per channel, comma-separated (0.5 with --std 0.5 maps to -1..1); default: the "
+        "training split's own mean and std, as pqz train uses.",
+    ),
+]
+StdOption = Annotated[
+    str | None, typer.Option(help="Standard deviations for --mean, one value or one per channel.")
+]
 ScalarOption = Annotated[
     bool | None,
     typer.Option(
@@ -82,10 +93,13 @@ class SpecOptions:
     centroids: int | None = None
     scalar_when_smaller: bool | None = None
     augment: Augmentation | None = None
+    mean: str | None = None
+    std: str | None = None
 
     def __post_init__(self) -> None:
         if self.sparsity is not None and self.threshold is not None:
             fail("give --sparsity or --threshold, not both", code=2)
+        normalization(self.mean, self.std)  # refused here, before anything runs
 
     def apply(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The spec document with these options in force. A section the document holds as
@@ -110,4 +124,23 @@ class SpecOptions:
                 merged[section] = {**(base or {}), **values}
         if self.augment is not None:
             merged["augment"] = self.augment.value
+        given = normalization(self.mean, self.std)
+        if given is not None:
+            merged["normalize"] = given
         return merged
+
+
+def normalization(mean: str | None, std: str | None) -> dict[str, list[float]] | None:
+    """--mean and --std as a spec's `normalize`, or None when neither is given; the values
+    themselves are checked by the spec (`Normalize`), in its words."""
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        fail("give --mean and --std together", code=2)
+    values = {}
+    for name, text in (("mean", mean), ("std", std)):
+        try:
+            values[name] = [float(part) for part in text.split(",")]
+        except ValueError:
+            fail(f"--{name} {text!r} is not a comma-separated list of numbers", code=2)
+    return values

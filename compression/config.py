@@ -379,6 +379,57 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Normalize:
+    """The per-channel mean and std a model was trained with, on pixels / 255: one value for
+    every channel, or one per channel. `mean=[0.5], std=[0.5]` maps pixels to -1..1, as
+    torchvision's Normalize((0.5,), (0.5,)) does; `mean=[0], std=[1]` is pixels / 255 alone.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple | list) or not 1 <= len(values) <= 4:
+                raise InvalidConfigError(
+                    f"{name} must be a list of 1 to 4 numbers (one per channel), got "
+                    f"{shown(values)}"
+                )
+            for value in values:
+                check_number(value, name, low=-1e3, high=1e3)
+            object.__setattr__(self, name, tuple(values))  # as given: 0 stays 0 in the JSON
+        if len(self.mean) != len(self.std):
+            raise InvalidConfigError(
+                f"mean has {len(self.mean)} values but std {len(self.std)}: give as many of each"
+            )
+        if any(value <= 0 for value in self.std):
+            raise InvalidConfigError(f"std must be positive, got {list(self.std)}")
+
+    def for_channels(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) with one value per channel of `channels`-channel images."""
+        if len(self.mean) == 1:
+            return self.mean * channels, self.std * channels
+        if len(self.mean) != channels:
+            raise InvalidConfigError(
+                f"normalize gives {len(self.mean)} values per statistic, but the images have "
+                f"{channels} channel{'s' if channels != 1 else ''}: give one, or one per channel"
+            )
+        return self.mean, self.std
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "normalize") -> Normalize:
+        values = dict(check_keys(data, _field_names(cls), where))
+        missing = [name for name in ("mean", "std") if name not in values]
+        if missing:
+            raise InvalidConfigError(f"{where} needs both mean and std, lacks {missing[0]}")
+        return _build(cls, values, where)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CompressionSpec:
     """A whole compression job: one JSON document, shared by `pqz compress --spec` and the API.
 
@@ -388,6 +439,8 @@ class CompressionSpec:
     `prune: null` skips pruning altogether. `augment` applies to every training pass of the job
     (retraining, layer-wise training, fine-tuning); give the baseline the same, or the
     compressed model may win accuracy only because it was trained with more regularisation.
+    `normalize` says how the model was trained to see its inputs (see `Normalize`); by default
+    pqz normalises with the training split's own mean and std, as `pqz train` does.
     """
 
     arch: str | None = None
@@ -397,11 +450,14 @@ class CompressionSpec:
     quantize: QuantConfig = field(default_factory=QuantConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     augment: Augment = "auto"
+    normalize: Normalize | None = None
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice(self.augment, "augment", AUGMENTS)
+        if self.normalize is not None and not isinstance(self.normalize, Normalize):
+            raise InvalidConfigError(f"normalize must be an object, got {shown(self.normalize)}")
         for name in ("arch", "data"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -423,6 +479,7 @@ class CompressionSpec:
             "quantize": self.quantize.to_dict(),
             "finetune": self.finetune.to_dict(),
             "augment": self.augment,
+            "normalize": None if self.normalize is None else self.normalize.to_dict(),
             "seed": self.seed,
             "device": self.device,
         }
@@ -436,6 +493,8 @@ class CompressionSpec:
             values["quantize"] = QuantConfig.from_dict(values["quantize"], f"{where}.quantize")
         if "finetune" in values:
             values["finetune"] = FinetuneConfig.from_dict(values["finetune"], f"{where}.finetune")
+        if values.get("normalize") is not None:
+            values["normalize"] = Normalize.from_dict(values["normalize"], f"{where}.normalize")
         return _build(cls, values, where)
 
 

@@ -20,14 +20,25 @@ import torch
 import torch.nn.functional as F
 
 from compression import sources
-from compression.config import Augment
+from compression.config import Augment, Normalize
 from compression.errors import InvalidConfigError
 from compression.pqz.container import atomic_path
 from compression.preprocessing import Preprocessing, resize_pixels
 from compression.sources import Split
 from compression.zoo import get_architecture
 
-__all__ = ["BUILT_IN", "Dataset", "Split", "batches", "fit_to", "load_dataset", "resolve_augment"]
+__all__ = [
+    "BUILT_IN",
+    "Dataset",
+    "Split",
+    "batches",
+    "fit_to",
+    "load_dataset",
+    "normalized",
+    "pack",
+    "read_source",
+    "resolve_augment",
+]
 
 BUILT_IN = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 
@@ -178,6 +189,14 @@ def fit_to(dataset: Dataset, input_shape: tuple[int, ...], resizes: bool, arch: 
         test=resize(dataset.test),
         resized_from=dataset.image_shape[1:],
     )
+
+
+def normalized(dataset: Dataset, normalize: Normalize | None) -> Dataset:
+    """`dataset` fed as a model trained with `normalize` expects (None: its own statistics)."""
+    if normalize is None:
+        return dataset
+    mean, std = normalize.for_channels(dataset.image_shape[0])
+    return dataclasses.replace(dataset, mean=mean, std=std)
 
 
 def resolve_augment(augment: Augment, dataset: Dataset) -> Augment:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from compression.config import CompressionSpec, TrainConfig, check_patterns
-from compression.data import Dataset
+from compression.data import Dataset, normalized
 from compression.finetune import finetune
 from compression.pq import LayerQuantization, default_block_size, quantize_
 from compression.pqz import PqzInfo, save_pqz
@@ -80,6 +80,8 @@ class Pipeline:
         if self.spec.prune is not None:
             check_patterns(self.spec.prune.modules, names, "prune.modules")
         check_patterns(self.spec.quantize.modules, names, "quantize.modules")
+        if self.dataset is not None:
+            self.dataset = normalized(self.dataset, self.spec.normalize)
         self.model.to(self.device).eval()
         self.metrics.setdefault("mode", "pipeline" if self.dataset is not None else "post-training")
         self.metrics.setdefault("device", str(self.device))

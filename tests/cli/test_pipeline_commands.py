@@ -316,3 +316,35 @@ def test_pack_writes_an_npz_that_reads_back_as_the_same_data_set(tmp_path: Path)
     for split in ("train", "val", "test"):
         assert torch.equal(getattr(packed, split).x, getattr(folder, split).x)
         assert torch.equal(getattr(packed, split).y, getattr(folder, split).y)
+
+
+def test_a_model_trained_on_other_inputs_says_so_with_mean_and_std(tmp_path: Path) -> None:
+    """Pixels / 255 alone (mean 0, std 1): train, eval and compress feed the model that way,
+    and the .pqz records it for whoever runs the file."""
+    model = tmp_path / "plain.pt"
+    scale = ("--mean", "0", "--std", "1")
+    arch = ("--arch", "lenet-300-100", "--data", "digits")
+    trained = run("train", *arch, "--epochs", "2", *scale, "--json", "-o", str(model))
+    assert trained.returncode == 0, trained.stderr
+    evaluated = run("eval", str(model), *arch, "--json", *scale)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == json.loads(trained.stdout)["accuracy"]
+    out = tmp_path / "plain.pqz"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"prune": {"retrain_epochs": 0}, "finetune": {"epochs": 0}}))
+    options = ("--sparsity", "0.5", "--spec", str(spec), *scale, "--json", "-o", str(out))
+    compressed = run("compress", str(model), *arch, *options)
+    assert compressed.returncode == 0, compressed.stderr
+    info = json.loads(compressed.stdout)
+    assert info["spec"]["normalize"] == {"mean": [0.0], "std": [1.0]}
+    assert (info["input"]["mean"], info["input"]["std"]) == ([0.0], [1.0])
+    assert info["metrics"]["baseline"]["test_accuracy"] == json.loads(trained.stdout)["accuracy"]
+    refused = run("eval", str(out), "--data", "digits", *scale)
+    assert refused.returncode == 2
+    assert "--mean and --std apply to checkpoints: a .pqz records its own" in refused.stderr
+    half = run("train", "--arch", "lenet-5", "--data", "digits", "--mean", "0.5", "-o", "x.pt")
+    assert half.returncode == 2
+    assert "give --mean and --std together" in half.stderr
+    three = run("eval", str(model), *arch, "--mean", "0,0,0", "--std", "1,1,1")
+    assert three.returncode == 1
+    assert "normalize gives 3 values per statistic, but the images have 1 channel" in three.stderr
