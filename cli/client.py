@@ -191,25 +191,33 @@ def submit(
         fail('give the architecture: --arch, or "arch" in the --spec file', code=2)
     if num_classes is not None:
         body["num_classes"] = num_classes
-    if data is not None and not data.endswith(".npz"):
-        if Path(data).exists():
+    if data is not None:
+        body["data"] = data
+    # A local file or folder, from --data or the spec file's "data", is the user's own data:
+    # an .npz is uploaded; anything else the service could not read.
+    local = body.get("data")
+    upload_data = None
+    if isinstance(local, str) and (local.endswith(".npz") or Path(local).exists()):
+        path = Path(local)
+        if path.is_dir() or (path.exists() and path.suffix != ".npz"):
+            kind = "folder" if path.is_dir() else "file"
             fail(
-                f"--data {data} is a local {'folder' if Path(data).is_dir() else 'file'}: the "
-                "service takes a built-in data set's name or an .npz file to upload (pqz pack "
-                f"{data} -o data.npz makes one)",
+                f"data {local} is a local {kind}: the service takes a built-in data set's name "
+                f"or an .npz file to upload (pqz pack {local} -o data.npz makes one)",
                 code=2,
             )
-        body["data"] = data
+        upload_data = path
+        del body["data"]
     _check_spec(body)  # before anything is uploaded, as far as the spec alone can tell
-    if data is not None and data.endswith(".npz"):
-        _check_upload(Path(data), "dataset")
+    if upload_data is not None:
+        _check_upload(upload_data, "dataset")
     _check_upload(checkpoint, "checkpoint")
     client = Client()
     uploaded: list[str] = []
     try:
         data_file = None
-        if data is not None and data.endswith(".npz"):
-            data_file = _upload(client, Path(data), "dataset")
+        if upload_data is not None:
+            data_file = _upload(client, upload_data, "dataset")
             uploaded.append(data_file)
         file_id = _upload(client, checkpoint, "checkpoint")
         uploaded.append(file_id)

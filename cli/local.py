@@ -1,4 +1,4 @@
-"""File commands: `pqz zoo`, `pqz inspect`, `pqz decompress`.
+"""File commands: `pqz zoo`, `pqz inspect`, `pqz decompress`, `pqz pack`.
 
 The library is imported inside each command so that `pqz --help` stays fast.
 """
@@ -14,6 +14,7 @@ from cli.output import (
     ForceOption,
     check_output,
     console,
+    fail,
     layer_table,
     print_input,
     print_json,
@@ -22,12 +23,14 @@ from cli.output import (
     scan_tables,
     totals_table,
 )
+from cli.pipeline import DataDirOption, DownloadOption
 
 
 def register(app: typer.Typer) -> None:
     app.command()(zoo)
     app.command()(inspect)
     app.command()(decompress)
+    app.command()(pack)
 
 
 def zoo(
@@ -119,3 +122,27 @@ def decompress(
     check_output(output, force=force, source=file)
     written = decompress_pqz(file, output)
     console.print(f"wrote {written} ({written.stat().st_size:,} bytes)", highlight=False)
+
+
+def pack(
+    data: Annotated[str, typer.Argument(help="An image folder, or any data set --data takes.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The .npz file to write.")],
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Pack a data set into one .npz (uint8 images, labels, class names): what `pqz submit
+    --data` uploads in place of an image folder."""
+    if output.suffix != ".npz":
+        fail(f"-o {output} must end in .npz (the data set is read back by its suffix)", code=2)
+    check_output(output, force=force)
+    from compression.data import pack as write
+    from compression.sources import shape_text
+
+    read = write(data, output, data_dir=data_dir, download=download)
+    shape = shape_text(tuple(read.train.x.shape[1:]))
+    console.print(
+        f"wrote {output} ({output.stat().st_size:,} bytes): {len(read.train):,} training and "
+        f"{len(read.test):,} test images of {shape}, {read.num_classes} classes",
+        highlight=False,
+    )

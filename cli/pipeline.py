@@ -18,6 +18,7 @@ from cli.output import (
     ForceOption,
     check_output,
     console,
+    errors,
     fail,
     layer_table,
     print_input,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
     from compression import CompressionSpec
     from compression.data import Dataset
+    from compression.preprocessing import Preprocessing
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
@@ -67,31 +69,6 @@ def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command(name="eval")(evaluate)
     app.command()(compress)
-    app.command()(pack)
-
-
-def pack(
-    data: Annotated[str, typer.Argument(help="An image folder, or any data set --data takes.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The .npz file to write.")],
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
-    force: ForceOption = False,
-) -> None:
-    """Pack a data set into one .npz (uint8 images, labels, class names): what `pqz submit
-    --data` uploads in place of an image folder."""
-    if output.suffix != ".npz":
-        fail(f"-o {output} must end in .npz (the data set is read back by its suffix)", code=2)
-    check_output(output, force=force)
-    from compression.data import pack as write
-    from compression.sources import shape_text
-
-    read = write(data, output, data_dir=data_dir, download=download)
-    shape = shape_text(tuple(read.train.x.shape[1:]))
-    console.print(
-        f"wrote {output} ({output.stat().st_size:,} bytes): {len(read.train):,} training and "
-        f"{len(read.test):,} test images of {shape}, {read.num_classes} classes",
-        highlight=False,
-    )
 
 
 def train(
@@ -171,6 +148,12 @@ def train(
             f"validation {result['val_accuracy']:.4f}, {duration:.0f} s",
             highlight=False,
         )
+    if given is not None:
+        # A state dict has no room for it: the model's inputs must be said again each time.
+        errors.print(
+            f"note: give eval, compress and submit the same --mean {mean} --std {std}",
+            highlight=False,
+        )
 
 
 def evaluate(
@@ -226,6 +209,8 @@ def evaluate(
     else:
         architecture = arch
     dataset = _normalized(_dataset(data, data_dir, download, architecture, 0), given)
+    if is_pqz:
+        _check_classes(file, stored["num_classes"], recorded, dataset)
     if recorded is not None:
         # The model expects the statistics it was compressed with, whatever data it meets now.
         dataset = dataclasses.replace(dataset, mean=recorded.mean, std=recorded.std)
@@ -369,6 +354,27 @@ def _dataset(source: str, data_dir: Path | None, download: bool, arch: str, seed
     from compression.data import load_dataset
 
     return load_dataset(source, data_dir=data_dir, download=download, seed=seed, arch=arch)
+
+
+def _check_classes(
+    file: Path, num_classes: int, recorded: Preprocessing | None, dataset: Dataset
+) -> None:
+    """Refuse data with labels the model cannot output; warn where both name their classes
+    and the names differ (the model was made for other data)."""
+    if dataset.num_classes > num_classes:
+        fail(
+            f"data set '{dataset.name}' has {dataset.num_classes} classes, but {file} holds a "
+            f"model of {num_classes}"
+        )
+    known = recorded.classes if recorded is not None else None
+    named = dataset.classes
+    if known is not None and named is not None and known[: len(named)] != named:
+        errors.print(
+            f"[yellow]warning:[/] {file} was made for the classes {', '.join(known)}; "
+            f"data set '{dataset.name}' has {', '.join(named)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _normalized(dataset: Dataset, given: dict[str, list[float]] | None) -> Dataset:

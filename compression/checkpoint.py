@@ -86,6 +86,15 @@ def check_state_dict(
     state = _without_prefix(dict(state), set(expected))
     for name, tensor in expected.items():
         if name not in state:
+            prefix = _prefix_of(state, set(expected))
+            if prefix is not None:
+                others = [key for key in state if not key.startswith(prefix)]
+                shown_others = ", ".join(f"'{key}'" for key in others[:3])
+                raise InvalidCheckpointError(
+                    f"checkpoint holds architecture '{architecture}' under the prefix "
+                    f"'{prefix}', beside tensors it does not have ({shown_others}): save the "
+                    "network's own state dict"
+                )
             found = ", ".join(f"'{key}'" for key in list(state)[:3])
             raise InvalidCheckpointError(
                 f"checkpoint lacks tensor '{name}' of architecture '{architecture}' (its "
@@ -103,6 +112,17 @@ def check_state_dict(
                 f"checkpoint has tensor '{name}', which architecture '{architecture}' does not have"
             )
     return state
+
+
+def _prefix_of(state: Mapping[str, torch.Tensor], names: set[str]) -> str | None:
+    """The prefix under which `state` holds every one of `names`, if there is one."""
+    anchor = next(iter(sorted(names)))
+    for key in state:
+        if key.endswith(f".{anchor}"):
+            prefix = key.removesuffix(anchor)
+            if all(f"{prefix}{name}" in state for name in names):
+                return prefix
+    return None
 
 
 def _without_prefix(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:

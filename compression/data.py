@@ -88,10 +88,6 @@ def load_dataset(
     if not 0.0 < val_fraction < 1.0:
         raise InvalidConfigError(f"val_fraction {val_fraction!r} is outside (0, 1)")
     read = read_source(source, data_dir=data_dir, download=download)
-    if read.num_classes < 2:
-        raise InvalidConfigError(
-            f"data set {source!r} has a single class: a classifier needs at least two"
-        )
     train, val = _hold_out(read.train, val_fraction, seed)
     mean, std = _statistics(train.x)
     dataset = Dataset(
@@ -141,6 +137,10 @@ def read_source(
         raise InvalidConfigError(
             f"unknown data set {source!r}{where}: not one of {', '.join(BUILT_IN)}, "
             "nor an existing .npz file or image-folder directory"
+        )
+    if read.num_classes < 2:
+        raise InvalidConfigError(
+            f"data set {source!r} has a single class: a classifier needs at least two"
         )
     return read
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,11 +60,15 @@ class Preprocessing:
         ):
             raise InvalidConfigError(f"input classes must be names, got {self.classes!r}")
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's input for `images`: uint8 pixels, or floats in 0..1 as torchvision's
-        ToTensor gives, shaped (n, c, h, w) or (c, h, w), or (n, h, w) or (h, w) when grey."""
+    def __call__(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The model's input for `images` (a tensor or numpy array): pixel values 0..255 as
+        integers, or floats in 0..1 as torchvision's ToTensor gives them (floats above 1 are
+        taken as 0..255, as pqz reads an `.npz`), shaped (n, c, h, w) or (c, h, w), or
+        (n, h, w) or (h, w) when grey."""
         channels, height, width = self.shape
-        x = images
+        x = torch.as_tensor(images)
+        if x.dtype == torch.bool or x.is_complex():
+            raise InvalidConfigError(f"images must be pixel values, got {x.dtype}")
         if x.dim() == 2 and channels == 1:
             x = x[None, None]  # (1, 1, h, w): one grey image
         if x.dim() == 3 and (channels != 1 or x.shape[0] == channels):
@@ -75,7 +80,14 @@ class Preprocessing:
                 f"images of shape {list(images.shape)} do not fit this model's input "
                 f"{channels}x{height}x{width} (want n x {channels} x h x w)"
             )
-        pixels = x.float() if x.dtype == torch.uint8 else x.float().mul(255.0)  # (n, c, h, w)
+        pixels = x.float()  # (n, c, h, w)
+        if x.is_floating_point() and x.numel() and float(x.max()) <= 1.0:
+            pixels = pixels.mul(255.0)  # ToTensor's 0..1
+        if x.numel() and not 0.0 <= float(pixels.min()) <= float(pixels.max()) <= 255.0:
+            raise InvalidConfigError(
+                f"images run from {float(x.min()):.4g} to {float(x.max()):.4g}; give pixel "
+                "values 0..255 or floats in 0..1, before any normalisation (this does it)"
+            )
         if tuple(pixels.shape[2:]) != (height, width):
             pixels = resize_pixels(pixels, height, width)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)

@@ -343,9 +343,9 @@ def _dataset(
         try:
             dataset = load_dataset(str(path), seed=spec.seed)
         except InvalidConfigError as error:
-            raise InvalidDataError(
-                str(error).replace(str(path), f"the uploaded data file '{path.name}'")
-            ) from None
+            named = f"the uploaded data file '{path.name}'"
+            message = str(error).replace(repr(str(path)), named).replace(str(path), named)
+            raise InvalidDataError(message) from None
     elif spec.data is not None:
         try:
             dataset = load_dataset(

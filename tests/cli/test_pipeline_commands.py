@@ -114,6 +114,21 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     evaluated = run("eval", str(out), "--data", str(darker), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["accuracy"] == final["test_accuracy"]
+    assert evaluated.stderr == ""  # the .npz names no classes: nothing to compare
+    # Data of other classes: named otherwise is a warning; more classes than outputs, an error.
+    labels = np.arange(24) % 12
+    images = np.zeros((24, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "twelve.npz", x_train=images, y_train=labels, x_test=images,
+             y_test=labels, classes=np.array([f"c{i}" for i in range(12)]))  # fmt: skip
+    refused = run("eval", str(out), "--data", str(tmp_path / "twelve.npz"))
+    assert refused.returncode == 1
+    assert f"has 12 classes, but {out} holds a model of 10" in refused.stderr
+    np.savez(tmp_path / "two.npz", x_train=images, y_train=labels % 2, x_test=images,
+             y_test=labels % 2, classes=np.array(["cat", "dog"]))  # fmt: skip
+    warned = run("eval", str(out), "--data", str(tmp_path / "two.npz"))
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: " in warned.stderr
+    assert "was made for the classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9; data set" in warned.stderr
     assert info["input"]["source_size"] == [8, 8]
     assert info["input"]["classes"] == [str(digit) for digit in range(10)]
     # What the pipeline recorded, read back from the file alone.
@@ -161,7 +176,7 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         (
             ["submit", "{ckpt}", "--arch", "lenet-5", "--data", "{folder}"],
             2,
-            "--data {folder} is a local folder: the service takes a built-in data set's name or "
+            "data {folder} is a local folder: the service takes a built-in data set's name or "
             "an .npz file to upload (pqz pack {folder} -o data.npz makes one)",
         ),
         (

@@ -165,6 +165,15 @@ def test_a_prefix_on_every_name_is_removed_where_the_rest_are_the_models_names(
     torch.save({"state_dict": {f"model.{name}": tensor for name, tensor in state.items()}}, path)
     model = load_checkpoint(path, "lenet-300-100")
     assert torch.equal(model.state_dict()["fc1.weight"], state["fc1.weight"])
+    extra = tmp_path / "extra.pt"  # the network beside a loss's weights
+    prefixed = {f"model.{name}": tensor for name, tensor in state.items()}
+    torch.save({**prefixed, "criterion.weight": state["fc3.bias"]}, extra)
+    with pytest.raises(InvalidCheckpointError) as error:
+        load_checkpoint(extra, "lenet-300-100")
+    assert str(error.value) == (
+        "checkpoint holds architecture 'lenet-300-100' under the prefix 'model.', beside tensors "
+        "it does not have ('criterion.weight'): save the network's own state dict"
+    )
     other = tmp_path / "other.pt"  # a prefix, but the rest are not this model's names
     torch.save({f"net.{i}.weight": torch.zeros(2) for i in range(3)}, other)
     with pytest.raises(InvalidCheckpointError, match=r"begin 'net.0.weight', 'net.1.weight'"):

@@ -20,6 +20,11 @@ def test_pixels_are_scaled_resized_and_normalised_per_channel() -> None:
     white = torch.full((28, 28), 255, dtype=torch.uint8)
     assert torch.equal(grey(white), torch.full((1, 1, 28, 28), 2.0))  # one image, no channel axis
     assert grey(torch.zeros(5, 28, 28)).shape == (5, 1, 28, 28)  # floats in 0..1, grey batch
+    # Pixel values in any integer type or array, and floats of 0..255, read as pixels too.
+    for same in (white.long(), white.numpy(), white.float(), white.float() / 255):
+        assert torch.equal(grey(same), torch.full((1, 1, 28, 28), 2.0))
+    with pytest.raises(InvalidConfigError, match="images run from -1 to -1; give pixel values"):
+        grey(torch.full((28, 28), -1.0))
     colour = Preprocessing((3, 4, 4), (0.0, 0.5, 1.0), (1.0, 0.5, 0.25), source_size=(2, 2))
     x = colour(torch.full((3, 2, 2), 255, dtype=torch.uint8))  # (1, 3, 4, 4): resized
     assert x.shape == (1, 3, 4, 4)

@@ -270,3 +270,28 @@ def test_a_pqz_url_with_a_path_is_named_as_the_mistake(
         f"error: /v1/v1/jobs is not a pqz API path: PQZ_URL must be the server's root "
         f"(http://HOST:PORT), not {server_url}/v1 (HTTP 404)\n"
     )
+
+
+def test_submit_uploads_a_local_npz_named_in_the_spec_file(
+    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+) -> None:
+    import numpy as np
+
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(checkpoint_bytes)
+    images = np.zeros((4, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "mine.npz", x_train=images, y_train=np.arange(4) % 2, x_test=images,
+             y_test=np.arange(4) % 2)  # fmt: skip
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"arch": "lenet-5", "data": str(tmp_path / "mine.npz")}))
+    result = pqz("submit", str(checkpoint), "--spec", str(spec), "--json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["data_file"] is not None
+    assert job["spec"]["data"] is None
+    spec.write_text(json.dumps({"arch": "lenet-5", "data": str(tmp_path)}))
+    before = _stored(settings)
+    result = pqz("submit", str(checkpoint), "--spec", str(spec))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: data {tmp_path} is a local folder: the service")
+    assert _stored(settings) == before  # refused before anything was uploaded

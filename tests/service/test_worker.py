@@ -276,12 +276,32 @@ def test_an_unusable_data_upload_fails_the_job_without_naming_server_paths(
 
 
 @pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (
+            np.eye(4),
+            "my_labels.npz train: labels of shape [4, 4] look one-hot; save the class numbers "
+            "instead (y.argmax(1))",
+        ),
+        (
+            np.zeros(4, dtype=int),
+            "data set the uploaded data file 'my_labels.npz' has a single class: a classifier "
+            "needs at least two",
+        ),
+    ],
+)
 def test_a_data_uploads_errors_quote_the_users_file_name(
-    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    labels: np.ndarray,
+    message: str,
 ) -> None:
     buffer = io.BytesIO()
     images = np.zeros((4, 8, 8), dtype=np.uint8)
-    np.savez(buffer, x_train=images, y_train=np.eye(4), x_test=images, y_test=np.arange(4))
+    np.savez(buffer, x_train=images, y_train=labels, x_test=images, y_test=np.zeros(4, dtype=int))
     response = client.post(
         "/v1/files",
         params={"filename": "../my labels.npz", "purpose": "dataset"},
@@ -297,11 +317,7 @@ def test_a_data_uploads_errors_quote_the_users_file_name(
     }
     job_id = client.post("/v1/jobs", json=body, headers=alice).json()["id"]
     run_job(job_id, settings, worker="test-worker")
-    assert _job(client, alice, job_id)["error"] == {
-        "code": "invalid_data",
-        "message": "my_labels.npz train: labels of shape [4, 4] look one-hot; save the class "
-        "numbers instead (y.argmax(1))",
-    }
+    assert _job(client, alice, job_id)["error"] == {"code": "invalid_data", "message": message}
 
 
 @pytest.mark.sqlite_only
