@@ -262,24 +262,18 @@ def test_sixteen_bit_grey_and_grey_with_alpha_stay_grey(tmp_path: Path) -> None:
 def test_image_folder_mistakes_name_the_file_or_folder(tmp_path: Path) -> None:
     from PIL import Image
 
-    _image_folder(tmp_path / "sizes")
-    odd = tmp_path / "sizes/train/dog/odd.png"
-    Image.fromarray(np.zeros((28, 30, 3), dtype=np.uint8)).save(odd)
-    with pytest.raises(InvalidConfigError) as error:
-        load_dataset(str(tmp_path / "sizes"))
-    assert str(error.value) == (
-        f"{odd} is 30x28 pixels, but {tmp_path / 'sizes/train/cat/0.png'} is 32x32 pixels: the "
-        "images of a data set must all have one size"
-    )
-    _image_folder(tmp_path / "test-size")
-    bigger = tmp_path / "test-size/test/cat/big.png"
-    Image.fromarray(np.zeros((36, 36, 3), dtype=np.uint8)).save(bigger)
-    with pytest.raises(InvalidConfigError) as error:
-        load_dataset(str(tmp_path / "test-size"))
-    assert str(error.value) == (
-        f"{bigger} is 36x36 pixels, but {tmp_path / 'test-size/train/cat/0.png'} is 32x32 "
-        "pixels: the images of a data set must all have one size"
-    )
+    # Another size among the training images, or in the test split: both name the two files.
+    odd_ones = [("sizes", "train/dog/odd.png", (28, 30)), ("test", "test/cat/big.png", (36, 36))]
+    for folder, odd, size in odd_ones:
+        _image_folder(tmp_path / folder)
+        Image.fromarray(np.zeros((*size, 3), dtype=np.uint8)).save(tmp_path / folder / odd)
+        with pytest.raises(InvalidConfigError) as error:
+            load_dataset(str(tmp_path / folder))
+        assert str(error.value) == (
+            f"{tmp_path / folder / odd} is {size[1]}x{size[0]} pixels, but "
+            f"{tmp_path / folder / 'train/cat/0.png'} is 32x32 pixels: the images of a data set "
+            "must all have one size"
+        )
     (tmp_path / "one/train/cat").mkdir(parents=True)
     (tmp_path / "one/test/cat").mkdir(parents=True)
     for split in ("train", "test"):
