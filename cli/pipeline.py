@@ -145,7 +145,7 @@ def train(
     else:
         console.print(
             f"wrote {output}: test accuracy {result['accuracy']:.4f} on {result['n']} images, "
-            f"validation {result['val_accuracy']:.4f}, {duration:.0f} s",
+            f"validation {result['val_accuracy']:.4f} on {len(dataset.val)}, {duration:.0f} s",
             highlight=False,
         )
     if given is not None:

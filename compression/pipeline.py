@@ -122,10 +122,11 @@ class Pipeline:
         if prune is not None and images and 1 / images > prune.max_accuracy_drop:
             self._warn(
                 "baseline",
-                f"the validation split has {images} images, so one image is "
-                f"{100 / images:.2f} points, more than the {100 * prune.max_accuracy_drop:.2f} "
-                f"that max_accuracy_drop {prune.max_accuracy_drop} allows: no decision can hold "
-                "the tolerance on it (more data, or a larger max_accuracy_drop)",
+                f"the validation split has {images} image{'s' if images != 1 else ''}, so one "
+                f"image is {100 / images:.2f} points, more than the "
+                f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop "
+                f"{prune.max_accuracy_drop} allows: no decision can hold the tolerance on it "
+                "(more data, or a larger max_accuracy_drop)",
             )
         if self.spec.finetune.distill or (prune is not None and prune.distill):
             self.teacher = clone_model(self.model)
