@@ -7,6 +7,7 @@ buffer of the original model.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -226,12 +227,16 @@ def load_pqz(
 
 
 def decompress_pqz(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Write the decoded state dict as a safetensors file, atomically."""
+    """Write the decoded state dict as a safetensors file, atomically; its metadata names the
+    architecture and, where the file records it, how inputs are prepared (`input`, JSON)."""
     state, architecture = read_state_dict(path)
     metadata = {
         "architecture": architecture["name"],
         "num_classes": str(architecture["num_classes"]),
     }
+    recorded = inspect_pqz(path).input
+    if recorded is not None:
+        metadata["input"] = json.dumps(recorded.to_dict())
     with atomic_path(out) as temporary:
         save_file(
             {name: tensor.contiguous() for name, tensor in state.items()}, temporary, metadata

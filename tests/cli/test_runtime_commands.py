@@ -11,9 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from compression import PruneConfig, QuantConfig, build_model, load_pqz, prune_, quantize_, save_pqz
+from compression import (
+    Preprocessing,
+    PruneConfig,
+    QuantConfig,
+    build_model,
+    inspect_pqz,
+    load_pqz,
+    prune_,
+    quantize_,
+    save_pqz,
+)
 
 PQZ = str(Path(sys.executable).parent / "pqz")
 CACHE = tempfile.mkdtemp(prefix="pqz-test-cache-")
@@ -41,7 +52,8 @@ def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prune_(model, PruneConfig(sparsity=0.9))
     quantize_(model, QuantConfig(n_iter=3))
     path = tmp_path_factory.mktemp("runtime-cli") / "lenet5.pqz"
-    save_pqz(model, path, architecture="lenet-5", num_classes=10)
+    recipe = Preprocessing((1, 28, 28), (0.1307,), (0.3081,), classes=tuple("0123456789"))
+    save_pqz(model, path, architecture="lenet-5", num_classes=10, preprocessing=recipe)
     return path
 
 
@@ -107,6 +119,7 @@ def test_bench_infer_names_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_export_onnx_runs_in_onnxruntime_with_any_batch(lenet: Path, tmp_path: Path) -> None:
+    import onnx
     import onnxruntime
 
     out = tmp_path / "lenet5.onnx"
@@ -119,6 +132,8 @@ def test_export_onnx_runs_in_onnxruntime_with_any_batch(lenet: Path, tmp_path: P
     with torch.inference_mode():
         expected = load_pqz(lenet)(inputs).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    props = {prop.key: prop.value for prop in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["pqz.input"]) == inspect_pqz(lenet).to_dict()["input"]
 
 
 def test_export_safetensors_holds_the_decoded_weights(lenet: Path, tmp_path: Path) -> None:
@@ -129,6 +144,10 @@ def test_export_safetensors_holds_the_decoded_weights(lenet: Path, tmp_path: Pat
     decoded = load_pqz(lenet).state_dict()
     assert set(state) == set(decoded)
     assert torch.equal(state["fc1.weight"], decoded["fc1.weight"])
+    with safe_open(str(out), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["architecture"] == "lenet-5"
+    assert json.loads(metadata["input"])["mean"] == [0.1307]
 
 
 def test_export_into_a_missing_directory_fails_and_leaves_nothing(
