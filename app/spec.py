@@ -175,6 +175,13 @@ class NormalizeSpec(Strict):
     mean: Statistic
     std: Statistic
 
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _one_number(cls, value: object) -> object:
+        # One number for every channel may be given bare, as the library takes it.
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        return [value] if numeric else value
+
     def model_post_init(self, context: object) -> None:
         if len(self.mean) != len(self.std):
             raise ValueError(

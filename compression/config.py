@@ -381,8 +381,9 @@ class FinetuneConfig:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Normalize:
     """The per-channel mean and std a model was trained with, on pixels / 255: one value for
-    every channel, or one per channel. `mean=[0.5], std=[0.5]` maps pixels to -1..1, as
-    torchvision's Normalize((0.5,), (0.5,)) does; `mean=[0], std=[1]` is pixels / 255 alone.
+    every channel (a bare number, or a list of one), or one per channel. `mean=[0.5],
+    std=[0.5]` maps pixels to -1..1, as torchvision's Normalize((0.5,), (0.5,)) does;
+    `mean=[0], std=[1]` is pixels / 255 alone.
     """
 
     mean: tuple[float, ...]
@@ -391,6 +392,8 @@ class Normalize:
     def __post_init__(self) -> None:
         for name in ("mean", "std"):
             values = getattr(self, name)
+            if isinstance(values, int | float) and not isinstance(values, bool):
+                values = (values,)  # one number for every channel
             if not isinstance(values, tuple | list) or not 1 <= len(values) <= 4:
                 raise InvalidConfigError(
                     f"{name} must be a list of 1 to 4 numbers (one per channel), got "
