@@ -316,6 +316,8 @@ def _run(
         "dense_size_bytes": info.dense_size_bytes,
         "compression_ratio": info.compression_ratio,
     }
+    if info.input is not None:
+        metrics["input"] = info.input.to_dict()  # how to feed the model, without the file
     return metrics, blob.id
 
 

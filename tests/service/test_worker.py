@@ -69,6 +69,20 @@ def test_post_training_job_end_to_end(
     assert _job(client, alice, job_id)["status"] == "succeeded"
 
 
+def test_a_pipeline_job_says_how_to_feed_its_model(
+    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+) -> None:
+    spec = {"prune": {"sparsity": 0.5, "retrain_epochs": 0}, "finetune": {"epochs": 0}}
+    file_id = upload(client, alice, checkpoint_bytes)
+    job_id = submit(client, alice, file_id, data="digits", **spec)["id"]
+    run_job(job_id, settings, worker="test-worker")
+    job = _job(client, alice, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    recipe = job["metrics"]["input"]
+    assert (recipe["shape"], recipe["source_size"]) == ([1, 28, 28], [8, 8])
+    assert recipe["classes"] == [str(digit) for digit in range(10)]
+
+
 class RunsACommand:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
