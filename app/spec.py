@@ -167,7 +167,7 @@ class FinetuneSpec(Strict):
 
 
 Statistic = Annotated[
-    list[Annotated[float, Field(ge=-1e3, le=1e3), AsGiven]], Field(min_length=1, max_length=4)
+    list[Annotated[float, Field(ge=0.0, le=1.0), AsGiven]], Field(min_length=1, max_length=4)
 ]
 
 

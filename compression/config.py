@@ -401,6 +401,12 @@ class Normalize:
                 )
             for value in values:
                 check_number(value, name, low=-1e3, high=1e3)
+                if not 0 <= value <= 1:
+                    # Pixels / 255 lie in 0..1, and so do their mean and any sensible std.
+                    raise InvalidConfigError(
+                        f"{name} {value!r} is outside [0, 1]: normalize applies to pixels / 255, "
+                        "so statistics of 0..255 pixels are divided by 255 (127.5 -> 0.5)"
+                    )
             object.__setattr__(self, name, tuple(values))  # as given: 0 stays 0 in the JSON
         if len(self.mean) != len(self.std):
             raise InvalidConfigError(
