@@ -61,6 +61,17 @@ def test_spec_round_trips_through_dict() -> None:
         ({"arch": ""}, "arch must be a non-empty string, got ''"),
         ({"num_classes": 0}, "num_classes 0 is outside [1, 1048576]"),
         ([], "spec must be an object, got list"),
+        (
+            {"normalize": {"mean": 127.5, "std": 127.5}},
+            "spec.normalize: mean 127.5 is outside [0, 1]: normalize applies to pixels / 255, so "
+            "statistics of 0..255 pixels are divided by 255 (127.5 -> 0.5)",
+        ),
+        ({"normalize": {"mean": [0.5]}}, "spec.normalize needs both mean and std, lacks std"),
+        (
+            {"normalize": {"mean": [0.5, 0.5], "std": [0.5]}},
+            "spec.normalize: mean has 2 values but std 1: give as many of each",
+        ),
+        ({"normalize": {"mean": 0.5, "std": 0}}, "spec.normalize: std must be positive, got [0]"),
     ],
 )
 def test_spec_rejects_invalid_values_naming_the_field(data: object, message: str) -> None:
