@@ -22,6 +22,7 @@ from torch import nn
 from compression.errors import CorruptArtifactError, InvalidConfigError
 from compression.pqz.container import (
     FORMAT_VERSION,
+    PqzContainer,
     SectionWriter,
     atomic_path,
     read_container,
@@ -168,9 +169,12 @@ def inspect_pqz(path: str | os.PathLike[str]) -> PqzInfo:
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every tensor of a verified `.pqz`, decoded, and the architecture it belongs to."""
     container = read_container(path, verify=True)
+    return _decoded(container), _architecture(container.manifest)
+
+
+def _decoded(container: PqzContainer) -> dict[str, torch.Tensor]:
     entries = check_entries(container, _element_budget(container.file_size))
-    state = {entry["name"]: decode_entry(container, entry) for entry in entries}
-    return state, _architecture(container.manifest)
+    return {entry["name"]: decode_entry(container, entry) for entry in entries}
 
 
 def load_pqz(
@@ -229,12 +233,13 @@ def load_pqz(
 def decompress_pqz(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Write the decoded state dict as a safetensors file, atomically; its metadata names the
     architecture and, where the file records it, how inputs are prepared (`input`, JSON)."""
-    state, architecture = read_state_dict(path)
+    container = read_container(path, verify=True)  # read once: tensors and manifest
+    state, architecture = _decoded(container), _architecture(container.manifest)
     metadata = {
         "architecture": architecture["name"],
         "num_classes": str(architecture["num_classes"]),
     }
-    recorded = inspect_pqz(path).input
+    recorded = _preprocessing(container.manifest.get("input"))
     if recorded is not None:
         metadata["input"] = json.dumps(recorded.to_dict())
     with atomic_path(out) as temporary:

@@ -12,6 +12,7 @@ from torch import nn
 
 from compression import (
     CompressionSpec,
+    PqzInfo,
     PruneConfig,
     PruneRule,
     QuantConfig,
@@ -229,6 +230,24 @@ def test_pipeline_writes_a_pqz_whose_accuracy_is_what_it_reports(
     assert ("warnings" in metrics) == (val_drop > 0.03)
 
 
+def _compress(
+    trained: nn.Module, spec: CompressionSpec, path: Path, digits: Dataset
+) -> tuple[PqzInfo, list[str]]:
+    """A copy of the trained LeNet-300-100 compressed by `spec`, and its progress messages."""
+    messages: list[str] = []
+    info = compress_model(
+        copy.deepcopy(trained),
+        spec,
+        path,
+        architecture="lenet-300-100",
+        num_classes=10,
+        dataset=digits,
+        device=CPU,
+        progress=lambda stage, fraction, message: messages.append(message),
+    )
+    return info, messages
+
+
 def test_a_model_that_lost_more_than_the_tolerance_says_so(
     trained: nn.Module, digits: Dataset, tmp_path: Path
 ) -> None:
@@ -238,17 +257,7 @@ def test_a_model_that_lost_more_than_the_tolerance_says_so(
         quantize=QuantConfig(n_centroids=2),
         finetune=FinetuneConfig(epochs=0.1, layerwise_epochs=0),
     )
-    messages: list[str] = []
-    info = compress_model(
-        copy.deepcopy(trained),
-        spec,
-        tmp_path / "lossy.pqz",
-        architecture="lenet-300-100",
-        num_classes=10,
-        dataset=digits,
-        device=CPU,
-        progress=lambda stage, fraction, message: messages.append(message),
-    )
+    info, messages = _compress(trained, spec, tmp_path / "lossy.pqz", digits)
     metrics = info.metrics
     drop = metrics["baseline"]["val_accuracy"] - metrics["final"]["val_accuracy"]
     assert metrics["warnings"] == [
@@ -323,17 +332,7 @@ def test_fixed_layer_rules_that_lose_more_than_the_tolerance_stop_the_scan_and_a
         ),
         finetune=FinetuneConfig(epochs=0.1, layerwise_epochs=0),
     )
-    messages: list[str] = []
-    info = compress_model(
-        copy.deepcopy(trained),
-        spec,
-        tmp_path / "fixed.pqz",
-        architecture="lenet-300-100",
-        num_classes=10,
-        dataset=digits,
-        device=CPU,
-        progress=lambda stage, fraction, message: messages.append(message),
-    )
+    info, messages = _compress(trained, spec, tmp_path / "fixed.pqz", digits)
     pruned = info.metrics["prune"]
     assert pruned["rounds"] == []
     assert "the fixed rules alone lost more than the tolerance: no scan" in messages

@@ -64,6 +64,14 @@ def pqz(client_env: dict[str, str]) -> object:
     return run
 
 
+@pytest.fixture
+def checkpoint(tmp_path: Path, checkpoint_bytes: bytes) -> Path:
+    """The tiny LeNet's state dict as a file, for `pqz submit` to upload."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(checkpoint_bytes)
+    return path
+
+
 def _stored(settings: Settings) -> tuple[int, ...]:
     """How many files, blobs and blob chunks the database holds."""
     with session_scope(settings.resolved_database_url) as session:
@@ -74,12 +82,10 @@ def _stored(settings: Settings) -> tuple[int, ...]:
 
 
 def test_submit_refused_by_the_server_deletes_what_it_uploaded(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, checkpoint: Path
 ) -> None:
     with session_scope(settings.resolved_database_url) as session:
         catalog.publish(session, "architecture", ["lenet-300-100", "lenet-5"])
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     result = pqz("submit", str(checkpoint), "--arch", "lenet-6")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -109,10 +115,8 @@ def test_submit_of_a_file_no_job_could_read_is_refused_before_uploading_in_one_l
 
 
 def test_submit_with_an_invalid_spec_says_so_before_uploading(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, tmp_path: Path, checkpoint: Path
 ) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"finetune": {"epochs": 2, "lrate": 0.1}}))
     result = pqz("submit", str(checkpoint), "--arch", "lenet-5", "--spec", str(spec))
@@ -131,10 +135,8 @@ def test_submit_with_an_invalid_spec_says_so_before_uploading(
 
 
 def test_submit_options_override_the_spec_file_as_compress_does(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, tmp_path: Path, checkpoint: Path
 ) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"prune": {"threshold": 0.1}, "quantize": {"n_iter": 5}}))
     args = ["--sparsity", "0.5", "--method", "kmeans", "--centroids", "16", "--pq-everywhere"]
@@ -152,10 +154,8 @@ def test_submit_options_override_the_spec_file_as_compress_does(
 
 
 def test_submit_with_a_spec_that_is_not_an_object_fails_in_one_line(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, tmp_path: Path, checkpoint: Path
 ) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     spec = tmp_path / "spec.json"
     spec.write_text("[1]")
     result = pqz(
@@ -167,10 +167,8 @@ def test_submit_with_a_spec_that_is_not_an_object_fails_in_one_line(
 
 
 def test_wait_stopped_by_ctrl_c_says_the_job_goes_on_and_waits_again(
-    pqz, client_env: dict[str, str], tmp_path: Path, checkpoint_bytes: bytes
+    pqz, client_env: dict[str, str], checkpoint: Path
 ) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     submitted = pqz("submit", str(checkpoint), "--arch", "lenet-300-100", "--json")
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["id"]  # queued: no worker runs in these tests
@@ -195,10 +193,8 @@ def test_wait_stopped_by_ctrl_c_says_the_job_goes_on_and_waits_again(
 
 
 def test_a_jobs_warning_is_counted_in_the_list_and_said_by_status(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, checkpoint: Path
 ) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     job_id = json.loads(pqz("submit", str(checkpoint), "--arch", "lenet-300-100", "--json").stdout)[
         "id"
     ]
@@ -224,10 +220,8 @@ def test_a_jobs_warning_is_counted_in_the_list_and_said_by_status(
 
 
 def test_submit_takes_the_architecture_from_the_spec_file(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, tmp_path: Path, checkpoint: Path
 ) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"arch": "lenet-300-100"}))
     result = pqz("submit", str(checkpoint), "--spec", str(spec), "--json")
@@ -238,11 +232,7 @@ def test_submit_takes_the_architecture_from_the_spec_file(
     assert result.stderr == 'error: give the architecture: --arch, or "arch" in the --spec file\n'
 
 
-def test_jobs_pages_through_the_list(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
-) -> None:
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
+def test_jobs_pages_through_the_list(pqz, settings: Settings, checkpoint: Path) -> None:
     ids = [
         json.loads(pqz("submit", str(checkpoint), "--arch", "lenet-5", "--json").stdout)["id"]
         for _ in range(3)
@@ -273,12 +263,10 @@ def test_a_pqz_url_with_a_path_is_named_as_the_mistake(
 
 
 def test_submit_uploads_a_local_npz_named_in_the_spec_file(
-    pqz, settings: Settings, tmp_path: Path, checkpoint_bytes: bytes
+    pqz, settings: Settings, tmp_path: Path, checkpoint: Path
 ) -> None:
     import numpy as np
 
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(checkpoint_bytes)
     images = np.zeros((4, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "mine.npz", x_train=images, y_train=np.arange(4) % 2, x_test=images,
              y_test=np.arange(4) % 2)  # fmt: skip
