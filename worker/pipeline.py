@@ -32,7 +32,7 @@ from compression import (
     UnsupportedLayerError,
     build_model,
 )
-from compression.data import Dataset, fit_to, load_dataset
+from compression.data import Dataset, load_dataset
 from compression.errors import DataNotFoundError
 from compression.pipeline import Pipeline
 from compression.prune import prunable_layers
@@ -335,6 +335,7 @@ def _download(url: str, file_id: str, target: Path) -> str:
 def _dataset(
     spec: CompressionSpec, url: str, data_file: str | None, workdir: Path, settings: Settings
 ) -> Dataset | None:
+    assert spec.arch is not None
     if data_file is not None:
         # Kept under the user's own file name (made safe), which the reader's messages quote.
         (workdir / "data").mkdir()
@@ -343,18 +344,19 @@ def _dataset(
         name = re.sub(r"[^\w.-]", "_", Path(filename).name).lstrip(".") or "data"
         path = download.rename(download.with_name(name if name.endswith(".npz") else f"{name}.npz"))
         try:
-            dataset = load_dataset(str(path), seed=spec.seed)
+            return load_dataset(str(path), seed=spec.seed, arch=spec.arch)
         except InvalidConfigError as error:
             named = f"the uploaded data file '{path.name}'"
             message = str(error).replace(repr(str(path)), named).replace(str(path), named)
             raise InvalidDataError(message) from None
     elif spec.data is not None:
         try:
-            dataset = load_dataset(
+            return load_dataset(
                 spec.data,
                 data_dir=settings.data_dir,
                 download=settings.allow_download,
                 seed=spec.seed,
+                arch=spec.arch,
             )
         except DataNotFoundError as error:  # said for the service's user, not the CLI's
             raise InvalidDataError(
@@ -362,11 +364,7 @@ def _dataset(
                 "puts it under their PQZ_DATA_DIR, or lets them download it "
                 "(PQZ_ALLOW_DOWNLOAD=true); or upload it as an .npz (pqz submit --data file.npz)"
             ) from None
-    else:
-        return None
-    assert spec.arch is not None
-    architecture = get_architecture(spec.arch)
-    return fit_to(dataset, architecture.input_shape, architecture.resizes_input, spec.arch)
+    return None
 
 
 def _read_file(path: Path, size: int = 1 << 20) -> Iterator[bytes]:

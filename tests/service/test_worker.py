@@ -291,17 +291,25 @@ def test_an_unusable_data_upload_fails_the_job_without_naming_server_paths(
 
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize(
-    ("labels", "message"),
+    ("images", "labels", "message"),
     [
         (
+            np.zeros((4, 8, 8), dtype=np.uint8),
             np.eye(4),
             "my_labels.npz train: labels of shape [4, 4] look one-hot; save the class numbers "
             "instead (y.argmax(1))",
         ),
         (
+            np.zeros((4, 8, 8), dtype=np.uint8),
             np.zeros(4, dtype=int),
             "data set the uploaded data file 'my_labels.npz' has a single class: a classifier "
             "needs at least two",
+        ),
+        (  # colour images for a grey architecture: no server path in the message
+            np.zeros((4, 3, 8, 8), dtype=np.uint8),
+            np.arange(4) % 2,
+            "data set the uploaded data file 'my_labels.npz' has 3x8x8 images; architecture "
+            "'lenet-300-100' takes 1x28x28",
         ),
     ],
 )
@@ -310,11 +318,11 @@ def test_a_data_uploads_errors_quote_the_users_file_name(
     alice: dict[str, str],
     settings: Settings,
     checkpoint_bytes: bytes,
+    images: np.ndarray,
     labels: np.ndarray,
     message: str,
 ) -> None:
     buffer = io.BytesIO()
-    images = np.zeros((4, 8, 8), dtype=np.uint8)
     np.savez(buffer, x_train=images, y_train=labels, x_test=images, y_test=np.zeros(4, dtype=int))
     response = client.post(
         "/v1/files",
