@@ -125,7 +125,8 @@ def print_input(preprocessing: Preprocessing | None) -> None:
     """How to feed the model, as the file records it (`info.input(images)` does it in Python)."""
     if preprocessing is None:
         console.print(
-            "input: not recorded (compressed without data): feed it as the original model was fed",
+            "input: not recorded (compressed without data or --mean/--std): feed it as the "
+            "original model was fed",
             highlight=False,
         )
         return

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.config import CompressionSpec, TrainConfig, check_patterns
+from compression.config import CompressionSpec, Normalize, TrainConfig, check_patterns
 from compression.data import Dataset, normalized
 from compression.finetune import finetune
 from compression.pq import LayerQuantization, default_block_size, quantize_
 from compression.pqz import PqzInfo, save_pqz
+from compression.preprocessing import Preprocessing
 from compression.prune import (
     clone_model,
     get_mask,
@@ -34,6 +35,7 @@ from compression.prune import (
 )
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, train
+from compression.zoo import get_architecture
 
 StageProgress = Callable[[str, float, str], None]  # (stage, fraction of the stage, message)
 
@@ -46,6 +48,19 @@ def weight_sparsity(model: nn.Module) -> float:
         zeros += int((weight == 0).sum())
         total += weight.numel()
     return zeros / max(total, 1)
+
+
+def declared_input(architecture: str, normalize: Normalize | None) -> Preprocessing | None:
+    """What a file compressed without data records of its input: the architecture's image
+    shape and the spec's `normalize`, the one thing about the input its user told pqz. None
+    where there is no `normalize` or the architecture takes no images."""
+    if normalize is None:
+        return None
+    shape = get_architecture(architecture).input_shape
+    if len(shape) != 3:
+        return None
+    mean, std = normalize.for_channels(shape[0])
+    return Preprocessing((shape[0], shape[1], shape[2]), mean, std)
 
 
 def prune_block_sizes(model: nn.Module, spec: CompressionSpec) -> dict[str, int]:
@@ -82,6 +97,8 @@ class Pipeline:
         check_patterns(self.spec.quantize.modules, names, "quantize.modules")
         if self.dataset is not None:
             self.dataset = normalized(self.dataset, self.spec.normalize)
+        elif self.spec.arch is not None:
+            declared_input(self.spec.arch, self.spec.normalize)  # a bad channel count fails now
         self.model.to(self.device).eval()
         self.metrics.setdefault("mode", "pipeline" if self.dataset is not None else "post-training")
         self.metrics.setdefault("device", str(self.device))
@@ -229,7 +246,9 @@ class Pipeline:
             num_classes=num_classes,
             spec=self.spec.to_dict(),
             metrics=self.metrics,
-            preprocessing=None if self.dataset is None else self.dataset.preprocessing,
+            preprocessing=declared_input(architecture, self.spec.normalize)
+            if self.dataset is None
+            else self.dataset.preprocessing,
         )
         self._done("package", started)
         return info

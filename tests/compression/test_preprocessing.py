@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from compression import CorruptArtifactError, InvalidConfigError, build_model, inspect_pqz
+from compression import (
+    CompressionSpec,
+    CorruptArtifactError,
+    InvalidConfigError,
+    build_model,
+    compress_model,
+    inspect_pqz,
+)
 from compression.data import batches, fit_to, load_dataset
+from compression.pipeline import Pipeline
 from compression.pqz import save_pqz
 from compression.pqz.container import SectionWriter, write_container
 from compression.pqz.tensors import encode_model
@@ -92,3 +101,31 @@ def test_a_file_without_a_recipe_or_with_a_broken_one(tmp_path: Path) -> None:
     write_container(tmp_path / "broken.pqz", manifest, writer)
     with pytest.raises(CorruptArtifactError, match=r"manifest's input std must be positive"):
         inspect_pqz(tmp_path / "broken.pqz")
+
+
+def test_a_file_compressed_without_data_records_the_normalize_its_user_gave(
+    tmp_path: Path,
+) -> None:
+    cpu = torch.device("cpu")
+    spec = {"arch": "lenet-5", "prune": {"sparsity": 0.5}, "quantize": {"n_iter": 2}}
+    told = CompressionSpec.from_dict(spec | {"normalize": {"mean": 0.5, "std": 0.5}})
+    info = compress_model(
+        build_model("lenet-5"), told, tmp_path / "told.pqz", **_post_training(cpu)
+    )
+    assert info.input == Preprocessing((1, 28, 28), (0.5,), (0.5,))
+    assert inspect_pqz(tmp_path / "told.pqz").input == info.input
+    untold = compress_model(
+        build_model("lenet-5"),
+        CompressionSpec.from_dict(spec),
+        tmp_path / "untold.pqz",
+        **_post_training(cpu),
+    )
+    assert untold.input is None  # pqz knows nothing of the input, so the file says nothing
+    # Three values for LeNet-5's one channel: refused before any work, in the spec's words.
+    three = CompressionSpec.from_dict(spec | {"normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    with pytest.raises(InvalidConfigError, match="normalize gives 3 values per statistic, but"):
+        Pipeline(build_model("lenet-5"), three, None, cpu)
+
+
+def _post_training(device: torch.device) -> dict[str, Any]:
+    return {"architecture": "lenet-5", "num_classes": 10, "dataset": None, "device": device}
