@@ -156,7 +156,7 @@ def spec_for(data: str, method: str, args: argparse.Namespace, seed: int = 0) ->
             rounds=args.rounds or (2 if short else 8),
             retrain_epochs=epochs,
             retrain_lr=0.02 if "mnist" in data else 0.01,
-            scan_samples=1000 if data == "cifar10" else 2000,
+            scan_samples=args.scan_samples or (1000 if data == "cifar10" else 2000),
             distill=args.prune_distill,
         ),
         quantize=quantize,
@@ -347,6 +347,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help="pruning rounds (default: 8, 2 on short CIFAR)"
+    )
+    parser.add_argument(
+        "--scan-samples",
+        type=int,
+        default=None,
+        help="validation images scoring each point of the threshold scan (default: 2000, "
+        "1000 on CIFAR); the scan's evaluations dominate a CPU run of a large net",
     )
     parser.add_argument(
         "--augment",
