@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ from cli.output import (
     print_warnings,
     require_file,
 )
-from cli.progress import StageBars
+from cli.progress import WARNING, StageBars
 from cli.spec_options import (
     AugmentOption,
     BlockSizeOption,
@@ -252,7 +252,7 @@ def wait(
 def _finish(client: Client, job_id: str, *, json_output: bool) -> None:
     """Follow the job, then print it; a job that did not succeed is one line and exit 1."""
     try:
-        job = _follow(client, job_id, quiet=json_output)
+        job, warned = _follow(client, job_id, quiet=json_output)
     except KeyboardInterrupt:
         fail(
             f"stopped waiting; {job_id} goes on (`pqz wait {job_id}` follows it again, "
@@ -266,7 +266,7 @@ def _finish(client: Client, job_id: str, *, json_output: bool) -> None:
             fail(_summary(job))  # one line on stderr, exit status 1
         raise typer.Exit(1)
     if not json_output:
-        _show(job)
+        _show(job, warned)
 
 
 def _discard(client: Client, file_ids: list[str]) -> None:
@@ -295,8 +295,9 @@ def _check_spec(body: object) -> None:
         fail(f"invalid spec: {messages[0]}{more}")
 
 
-def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
-    """Progress bars from the job's events until it ends; returns the final job."""
+def _follow(client: Client, job_id: str, *, quiet: bool) -> tuple[dict[str, Any], list[str]]:
+    """Progress bars from the job's events until it ends, its warnings printed as they come;
+    returns the final job and the warnings said."""
     cursor = 0
     with StageBars(enabled=not quiet) as bars:
         while True:
@@ -305,20 +306,22 @@ def _follow(client: Client, job_id: str, *, quiet: bool) -> dict[str, Any]:
             ).json()
             for event in events["data"]:
                 cursor = event["id"]
+                if event["message"].startswith(WARNING):
+                    bars.warn(event["message"].removeprefix(WARNING))
                 if event["progress"] is not None:
                     stage = f"{event['stage']}: " if event["stage"] else ""
                     bars("job", event["progress"], f"{stage}{event['message']}")
             job: dict[str, Any] = client.request("GET", f"/v1/jobs/{job_id}").json()
             if job["status"] in TERMINAL and not events["has_more"]:
                 bars("job", 1.0 if job["status"] == "succeeded" else job["progress"], job["status"])
-                return job
+                return job, bars.warned
             time.sleep(0.5)
 
 
-def _show(job: dict[str, Any]) -> None:
-    """One job in full: its line, then its warnings (on stderr)."""
+def _show(job: dict[str, Any], said: Collection[str] = ()) -> None:
+    """One job in full: its line, then its warnings (on stderr) but those `said` already."""
     console.print(_summary(job, warnings_below=True), highlight=False, soft_wrap=True)
-    print_warnings(job.get("metrics") or {})
+    print_warnings(job.get("metrics") or {}, said)
 
 
 def _summary(job: dict[str, Any], *, warnings_below: bool = False) -> str:

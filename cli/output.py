@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -135,8 +136,11 @@ def print_input(preprocessing: Preprocessing | None) -> None:
         console.print(f"classes: {', '.join(preprocessing.classes)}", highlight=False)
 
 
-def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
-    """What the pipeline recorded (compress's summary, and inspect's from the manifest)."""
+def print_pipeline(
+    metrics: dict[str, Any], spec: dict[str, Any], said: Collection[str] = ()
+) -> None:
+    """What the pipeline recorded (compress's summary, and inspect's from the manifest); the
+    warnings `said` during the run are not repeated."""
     if "final" in metrics:
         drop = 100 * metrics["accuracy_drop"]
         change = f"drop {drop:.2f} points" if drop >= 0 else f"a gain of {-drop:.2f} points"
@@ -146,7 +150,7 @@ def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
             f"({change}), weight sparsity {metrics['weight_sparsity']:.1%}",
             highlight=False,
         )
-    print_warnings(metrics)
+    print_warnings(metrics, said)
     pruned = metrics.get("prune") or {}
     rounds = pruned.get("rounds")
     tolerance = (spec.get("prune") or {}).get("max_accuracy_drop", 0.0)
@@ -174,9 +178,12 @@ def print_pipeline(metrics: dict[str, Any], spec: dict[str, Any]) -> None:
             )
 
 
-def print_warnings(metrics: dict[str, Any]) -> None:
-    """A pipeline's warnings, on stderr as every command's warnings are."""
+def print_warnings(metrics: dict[str, Any], said: Collection[str] = ()) -> None:
+    """A pipeline's warnings, on stderr as every command's warnings are; those `said` already
+    (as they arose, during the run) are not repeated."""
     for warning in metrics.get("warnings", []):
+        if warning in said:
+            continue
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 

@@ -316,12 +316,12 @@ def compress(
         )
     if json_output:
         print_json(info.to_dict())
-        print_warnings(info.metrics)
+        print_warnings(info.metrics, bars.warned)
         return
     console.print(layer_table(info.layers, f"{output} ({arch})"))
     console.print(totals_table(info.to_dict()))
     print_input(info.input)
-    print_pipeline(info.metrics, info.spec)
+    print_pipeline(info.metrics, info.spec, bars.warned)
 
 
 def _spec(

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from app.main import create_app
 from db import catalog
+from db.jobs import add_event
 from db.models import Blob, BlobChunk, File, Job, JobStatus
 from db.session import session_scope
 from db.settings import Settings
@@ -217,6 +218,12 @@ def test_a_jobs_warning_is_counted_in_the_list_and_said_by_status(
     shown = pqz("status", job_id)
     assert shown.stdout.strip() == f"{job_id}: succeeded, test accuracy 0.9000 -> 0.8800"
     assert shown.stderr.strip() == f"warning: {warning}"
+    # Following the job, the warning is said when its event comes, and not again at the end.
+    with session_scope(settings.resolved_database_url) as session:
+        add_event(session, job_id, f"warning: {warning}", stage="finetune", progress=1.0)
+    followed = pqz("wait", job_id)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stderr.count(warning) == 1
 
 
 def test_submit_takes_the_architecture_from_the_spec_file(
