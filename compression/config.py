@@ -254,8 +254,10 @@ class QuantConfig:
     amortise 256 centroids of d values (a 90%-pruned 100x300 layer has 750 sub-vectors of 4,
     and their 2 KB codebook outweighs their codes). Where PQ would give every sub-vector its
     own centroid, storing the weights rather than quantizing them, the error to match is that
-    of scalar k-means with `n_centroids` levels. A layer whose codes would not be smaller than
-    its values, or that a rule skips, keeps its values in `fallback_dtype`.
+    of scalar k-means with `n_centroids` levels. A layer that `modules` or `module_types` names
+    gets what its rule says: the swap is for layers left to the defaults. A layer whose codes
+    would not be smaller than its values, or that a rule skips, keeps its values in
+    `fallback_dtype`.
     """
 
     method: Literal["pq", "kmeans"] = "pq"
@@ -303,6 +305,12 @@ class QuantConfig:
             method=rule.method or self.method,
             block_size=rule.block_size if rule.block_size is not None else self.block_size,
             n_centroids=rule.n_centroids if rule.n_centroids is not None else self.n_centroids,
+        )
+
+    def names_layer(self, name: str, type_name: str) -> bool:
+        """Whether an override (`modules` or `module_types`), not the default, rules the layer."""
+        return type_name in self.module_types or any(
+            re.fullmatch(pattern, name) for pattern in self.modules
         )
 
     def to_dict(self) -> dict[str, Any]:

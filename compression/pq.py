@@ -138,7 +138,10 @@ def quantize_(
         if rule is None:
             results.append(_keep(name, module, config, "skipped by rule"))
             continue
-        results.append(_quantize_layer(name, module, rule, config))
+        # What the user wrote for a layer is what it gets: the swap to scalar k-means is for
+        # layers left to the defaults.
+        swap = config.scalar_when_smaller and not config.names_layer(name, type_name)
+        results.append(_quantize_layer(name, module, rule, config, swap=swap))
     return results
 
 
@@ -165,7 +168,7 @@ def _layer_mask(module: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def _quantize_layer(
-    name: str, module: nn.Module, rule: QuantRule, config: QuantConfig
+    name: str, module: nn.Module, rule: QuantRule, config: QuantConfig, *, swap: bool
 ) -> LayerQuantization:
     weight = weight_of(module).detach().float()
     mask = _layer_mask(module, weight)
@@ -181,7 +184,7 @@ def _quantize_layer(
 
     codebook, codes = _fit(values, block_size, k, config)
     note = ""
-    if block_size > 1 and config.scalar_when_smaller:
+    if block_size > 1 and swap:
         error = _error(values, codebook, codes)
         exact = k == codes.numel()
         if exact:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -126,6 +127,20 @@ def test_pq_gives_scalar_kmeans_to_a_layer_where_it_is_smaller_and_no_less_accur
     assert [layer["encoding"] for layer in files[True].layers if layer["name"] == "fc2.weight"] == [
         "kmeans"
     ]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"modules": {"fc2": {"block_size": 4}}}, {"module_types": {"Linear": {"n_centroids": 256}}}],
+)
+def test_a_layer_with_a_rule_of_its_own_gets_what_the_rule_says(override: dict[str, Any]) -> None:
+    """The swap to scalar k-means is for layers left to the defaults: fc2 (the layer the test
+    above swaps) named by its name or its type keeps the PQ its user asked for."""
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100")
+    prune_(model, PruneConfig(sparsity=0.9))
+    layers = {r.name: r for r in quantize_(model, QuantConfig.from_dict(override))}
+    assert (layers["fc2"].encoding, layers["fc2"].block_size, layers["fc2"].note) == ("pq", 4, "")
 
 
 def test_a_layer_pq_would_store_verbatim_gets_scalar_kmeans_at_the_code_width() -> None:
