@@ -301,8 +301,8 @@ def compress(
     target = _device(device if device != "auto" else config.device)
     dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None
     classes = config.num_classes or (dataset.num_classes if dataset else None)
-    model = load_checkpoint(checkpoint, arch, classes)
-    classes = classes or _default_classes(arch)
+    model = load_checkpoint(checkpoint, arch, classes)  # without classes, the checkpoint's
+    classes = classes or _classes_of(model, arch)
     with StageBars(enabled=not json_output) as bars:
         info = compress_model(
             model,
@@ -386,10 +386,14 @@ def _normalized(dataset: Dataset, given: dict[str, list[float]] | None) -> Datas
     )
 
 
-def _default_classes(arch: str) -> int:
+def _classes_of(model: torch.nn.Module, arch: str) -> int:
+    """A loaded checkpoint's classes: its output layer's (the last Linear's) rows."""
+    from torch import nn
+
     from compression import get_architecture
 
-    return get_architecture(arch).num_classes
+    linear = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return linear[-1].out_features if linear else get_architecture(arch).num_classes
 
 
 def _device(name: str) -> torch.device:

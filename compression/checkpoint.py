@@ -69,11 +69,30 @@ def load_checkpoint(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> nn.Module:
-    """Build the architecture and load a checked checkpoint into it."""
-    model = build_model(architecture, num_classes)
-    state = check_state_dict(model, read_checkpoint(path, max_bytes=max_bytes), architecture)
-    model.load_state_dict(state)
+    """Build the architecture and load a checked checkpoint into it; without `num_classes`, as
+    many classes as the checkpoint's output layer has."""
+    state = read_checkpoint(path, max_bytes=max_bytes)
+    model = build_model(architecture, num_classes or checkpoint_classes(state, architecture))
+    model.load_state_dict(check_state_dict(model, state, architecture))
     return model
+
+
+def checkpoint_classes(state: Mapping[str, torch.Tensor], architecture: str) -> int | None:
+    """The number of classes of the checkpoint's model, where its output layer (the
+    architecture's last Linear) has another number of rows than the architecture's default and
+    the same inputs; None otherwise (the default then stands, or the names or shapes differ
+    and `check_state_dict` says where)."""
+    with torch.device("meta"):  # shapes only: no memory, however large the architecture
+        model = build_model(architecture)
+    expected = model.state_dict()
+    last = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1:]
+    if not last:
+        return None
+    key = f"{last[0]}.weight"
+    found = _without_prefix(dict(state), set(expected)).get(key)
+    if found is None or found.dim() != 2 or found.shape[1:] != expected[key].shape[1:]:
+        return None
+    return int(found.shape[0]) if found.shape[0] != expected[key].shape[0] else None
 
 
 def check_state_dict(

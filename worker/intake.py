@@ -93,11 +93,13 @@ def _read(
         from safetensors.torch import save_file
 
         from compression import CompressionError, build_model, check_state_dict, read_checkpoint
+        from compression.checkpoint import checkpoint_classes
 
         limit = _address_space() + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         state = read_checkpoint(checkpoint, max_bytes=max_bytes)
-        state = check_state_dict(build_model(arch, num_classes), state, arch)
+        classes = num_classes or checkpoint_classes(state, arch)
+        state = check_state_dict(build_model(arch, classes), state, arch)
         save_file({name: tensor.contiguous() for name, tensor in state.items()}, out)
     except CompressionError as error:
         return ("invalid", str(error))

@@ -32,6 +32,7 @@ from compression import (
     UnsupportedLayerError,
     build_model,
 )
+from compression.checkpoint import checkpoint_classes
 from compression.data import Dataset, load_dataset
 from compression.errors import DataNotFoundError
 from compression.pipeline import Pipeline
@@ -285,7 +286,8 @@ def _run(
     checkpoint = workdir / "checkpoint"
     _download(url, checkpoint_file, checkpoint)
     dataset = _dataset(spec, url, data_file, workdir, settings)
-    num_classes = spec.num_classes or (dataset.num_classes if dataset else architecture.num_classes)
+    # Post-training, without num_classes: as many as the checkpoint's output layer has.
+    num_classes = spec.num_classes or (dataset.num_classes if dataset else None)
     recorder("validate", 0.5, "reading the checkpoint in an isolated process")
     state = read_checkpoint_isolated(
         checkpoint,
@@ -296,6 +298,7 @@ def _run(
         memory_bytes=settings.intake_memory_bytes,
         timeout_s=settings.intake_timeout_s,
     )
+    num_classes = num_classes or checkpoint_classes(state, spec.arch) or architecture.num_classes
     model = build_model(spec.arch, num_classes)
     model.load_state_dict(state)
     device = resolve_device(spec.device)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from compression import InvalidCheckpointError, build_model, load_checkpoint, read_checkpoint
+from compression.checkpoint import checkpoint_classes
 
 
 class RunsACommand:
@@ -155,6 +156,22 @@ def test_shape_mismatch_names_the_first_tensor(
     torch.save({**state, "head.weight": torch.zeros(1)}, extra)
     with pytest.raises(InvalidCheckpointError, match="has tensor 'head.weight', which"):
         load_checkpoint(extra, "lenet-300-100")
+
+
+def test_without_num_classes_the_checkpoints_output_layer_says_how_many(tmp_path: Path) -> None:
+    four = build_model("resnet20-cifar", 4).state_dict()  # its output layer: fc, 4 x 64
+    path = tmp_path / "four.pt"
+    torch.save({f"model.{name}": tensor for name, tensor in four.items()}, path)  # prefixed too
+    model = load_checkpoint(path, "resnet20-cifar")
+    assert torch.equal(model.state_dict()["fc.weight"], four["fc.weight"])
+    assert checkpoint_classes(four, "resnet20-cifar") == 4
+    assert checkpoint_classes(build_model("resnet20-cifar").state_dict(), "resnet20-cifar") is None
+    # Another input width is not a class count: the shape error names the tensor.
+    wider = dict(four, **{"fc.weight": torch.zeros(4, 65)})
+    assert checkpoint_classes(wider, "resnet20-cifar") is None
+    torch.save(wider, path)
+    with pytest.raises(InvalidCheckpointError, match=r"'fc.weight' has shape \[4, 65\]"):
+        load_checkpoint(path, "resnet20-cifar")
 
 
 def test_a_prefix_on_every_name_is_removed_where_the_rest_are_the_models_names(

@@ -69,6 +69,20 @@ def test_post_training_job_end_to_end(
     assert _job(client, alice, job_id)["status"] == "succeeded"
 
 
+def test_a_post_training_job_takes_its_classes_from_the_checkpoint(
+    client: TestClient, alice: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    buffer = io.BytesIO()
+    torch.save(build_model("lenet-300-100", 4).state_dict(), buffer)  # no num_classes given
+    job_id = submit(client, alice, upload(client, alice, buffer.getvalue()))["id"]
+    run_job(job_id, settings, worker="test-worker")
+    job = _job(client, alice, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    path = tmp_path / "four.pqz"
+    path.write_bytes(client.get(f"/v1/jobs/{job_id}/artifact", headers=alice).content)
+    assert load_pqz(path)(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+
+
 def test_a_pipeline_job_says_how_to_feed_its_model(
     client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
 ) -> None:
