@@ -193,6 +193,7 @@ def submit(
         body["num_classes"] = num_classes
     if data is not None:
         body["data"] = data
+    options.refuse_without_data(body.get("data"))
     # A local file or folder, from --data or the spec file's "data", is the user's own data:
     # an .npz is uploaded; anything else the service could not read.
     local = body.get("data")

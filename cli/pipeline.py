@@ -297,6 +297,7 @@ def compress(
     config = _spec(spec, arch, data, num_classes, options)
     if config.arch is None:
         fail('give the architecture: --arch, or "arch" in the --spec file', code=2)
+    options.refuse_without_data(config.data)
     arch = config.arch
     target = _device(device if device != "auto" else config.device)
     dataset = _dataset(config.data, data_dir, download, arch, config.seed) if config.data else None

@@ -48,7 +48,7 @@ NumClassesOption = Annotated[
     int | None,
     typer.Option(
         callback=positive,
-        help="Classes of the model's last layer (default: the data set's, else the zoo's).",
+        help="Classes of the model's last layer (default: the data set's, else the checkpoint's).",
     ),
 ]
 SparsityOption = Annotated[float | None, typer.Option(help="Prune this fraction of each layer.")]
@@ -100,6 +100,22 @@ class SpecOptions:
         if self.sparsity is not None and self.threshold is not None:
             fail("give --sparsity or --threshold, not both", code=2)
         normalization(self.mean, self.std)  # refused here, before anything runs
+
+    def refuse_without_data(self, data: object) -> None:
+        """Without data the job is post-training (no scan, no training): an option that only
+        those use would be ignored, so it is refused instead."""
+        if data is not None:
+            return
+        for option, value in (
+            ("--max-accuracy-drop", self.max_accuracy_drop),
+            ("--augment", self.augment),
+        ):
+            if value is not None:
+                fail(
+                    f"{option} applies only with data (--data, or the spec's data): without it "
+                    "the job is post-training, with no scan and no training",
+                    code=2,
+                )
 
     def apply(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The spec document with these options in force. A section the document holds as

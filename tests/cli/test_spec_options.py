@@ -52,3 +52,24 @@ def test_sparsity_and_threshold_together_are_refused(capsys: pytest.CaptureFixtu
         SpecOptions(sparsity=0.5, threshold=0.1)
     assert raised.value.code == 2
     assert "give --sparsity or --threshold, not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (SpecOptions(max_accuracy_drop=0.01), "--max-accuracy-drop"),
+        (SpecOptions(augment=Augmentation.shift), "--augment"),
+    ],
+)
+def test_an_option_only_data_uses_is_refused_without_data_not_ignored(
+    capsys: pytest.CaptureFixture[str], options: SpecOptions, named: str
+) -> None:
+    options.refuse_without_data("digits")  # with data: taken
+    SpecOptions(sparsity=0.5, mean="0.5", std="0.5").refuse_without_data(None)  # post-training's
+    with pytest.raises(SystemExit) as raised:
+        options.refuse_without_data(None)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {named} applies only with data (--data, or the spec's data): without it the "
+        "job is post-training, with no scan and no training"
+    )

@@ -139,7 +139,9 @@ def test_submit_options_override_the_spec_file_as_compress_does(
     pqz, settings: Settings, tmp_path: Path, checkpoint: Path
 ) -> None:
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"prune": {"threshold": 0.1}, "quantize": {"n_iter": 5}}))
+    spec.write_text(
+        json.dumps({"data": "digits", "prune": {"threshold": 0.1}, "quantize": {"n_iter": 5}})
+    )
     args = ["--sparsity", "0.5", "--method", "kmeans", "--centroids", "16", "--pq-everywhere"]
     result = pqz(
         "submit", str(checkpoint), "--arch", "lenet-5", "--spec", str(spec), *args,
