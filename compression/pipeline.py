@@ -222,6 +222,11 @@ class Pipeline:
                 f"or threshold ({', '.join(pruned.get('fixed_layers', []))}) are pruned as "
                 "given, and the scan pruned nothing more"
             )
+        elif lost < 0:  # retraining can leave the pruned model ahead of the baseline
+            why = (
+                f"pruning gained {-100 * lost:.2f} points; quantization and fine-tuning lost "
+                f"that gain and {100 * drop:.2f} points more"
+            )
         else:
             why = (
                 f"pruning lost {100 * lost:.2f} of them, within the tolerance; quantization and "
