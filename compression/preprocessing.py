@@ -63,18 +63,23 @@ class Preprocessing:
     def __call__(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The model's input for `images` (a tensor or numpy array): pixel values 0..255 as
         integers, or floats in 0..1 as torchvision's ToTensor gives them (floats above 1 are
-        taken as 0..255, as pqz reads an `.npz`), shaped (n, c, h, w) or (c, h, w), or
-        (n, h, w) or (h, w) when grey."""
+        taken as 0..255, as pqz reads an `.npz`), shaped (n, c, h, w) or (c, h, w), channels
+        last ((n, h, w, c) or (h, w, c), as PIL's images come as arrays), or (n, h, w) or
+        (h, w) when grey."""
         channels, height, width = self.shape
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # torch warns of a read-only array (np.asarray of a PIL image)
         x = torch.as_tensor(images)
         if x.dtype == torch.bool or x.is_complex():
             raise InvalidConfigError(f"images must be pixel values, got {x.dtype}")
         if x.dim() == 2 and channels == 1:
             x = x[None, None]  # (1, 1, h, w): one grey image
-        if x.dim() == 3 and (channels != 1 or x.shape[0] == channels):
-            x = x.unsqueeze(0)  # (1, c, h, w): one image
+        if x.dim() == 3 and (channels != 1 or channels in (x.shape[0], x.shape[2])):
+            x = x.unsqueeze(0)  # (1, c, h, w) or (1, h, w, c): one image
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (n, 1, h, w): grey images without a channel axis
+        if x.dim() == 4 and x.shape[1] != channels and x.shape[3] == channels:
+            x = x.permute(0, 3, 1, 2)  # (n, c, h, w) from channels last
         if x.dim() != 4 or x.shape[1] != channels:
             raise InvalidConfigError(
                 f"images of shape {list(images.shape)} do not fit this model's input "

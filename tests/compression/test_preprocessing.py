@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,21 @@ def test_pixels_are_scaled_resized_and_normalised_per_channel() -> None:
     assert x[0, :, 0, 0].tolist() == [1.0, 1.0, 0.0]
     with pytest.raises(InvalidConfigError, match=r"images of shape \[2, 1, 4, 4\] do not fit"):
         colour(torch.zeros(2, 1, 4, 4))
+
+
+def test_channels_last_and_read_only_arrays_as_pil_gives_them(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    colour = Preprocessing((3, 4, 4), (0.0, 0.5, 1.0), (1.0, 0.5, 0.25))
+    first = torch.arange(48, dtype=torch.uint8).reshape(3, 4, 4)  # (c, h, w)
+    expected = colour(first)
+    last = first.permute(1, 2, 0).numpy()  # (h, w, c), as np.asarray(PIL image)
+    last.flags.writeable = False
+    assert torch.equal(colour(last), expected)
+    assert torch.equal(colour(np.stack([last, last])), torch.cat([expected, expected]))
+    grey = Preprocessing((1, 4, 4), (0.5,), (0.25,))
+    assert torch.equal(grey(first[0].numpy()[..., None]), grey(first[0]))  # (h, w, 1)
+    assert not recwarn.list  # torch's warning about a read-only array stays inside
 
 
 @pytest.mark.parametrize(
