@@ -318,7 +318,8 @@ def image_folder(root: Path) -> Read:
             if array.shape != first[1].shape:
                 raise InvalidConfigError(
                     f"{file} is {_size(array)}, but {first[0]} is {_size(first[1])}: the images "
-                    "of a data set must all have one size"
+                    "of a data set must all have one size (resize them first: pqz neither crops "
+                    "nor pads photos)"
                 )
         labels = np.array([label for _, label in found[split]])
         splits[split] = _split(np.stack(arrays), labels, f"{root.name} {split}")

@@ -272,7 +272,7 @@ def test_image_folder_mistakes_name_the_file_or_folder(tmp_path: Path) -> None:
         assert str(error.value) == (
             f"{tmp_path / folder / odd} is {size[1]}x{size[0]} pixels, but "
             f"{tmp_path / folder / 'train/cat/0.png'} is 32x32 pixels: the images of a data set "
-            "must all have one size"
+            "must all have one size (resize them first: pqz neither crops nor pads photos)"
         )
     (tmp_path / "one/train/cat").mkdir(parents=True)
     (tmp_path / "one/test/cat").mkdir(parents=True)
