@@ -74,10 +74,13 @@ def test_a_post_training_job_takes_its_classes_from_the_checkpoint(
 ) -> None:
     buffer = io.BytesIO()
     torch.save(build_model("lenet-300-100", 4).state_dict(), buffer)  # no num_classes given
-    job_id = submit(client, alice, upload(client, alice, buffer.getvalue()))["id"]
+    file_id = upload(client, alice, buffer.getvalue())
+    job_id = submit(client, alice, file_id, normalize={"mean": 0.5, "std": 0.5})["id"]
     run_job(job_id, settings, worker="test-worker")
     job = _job(client, alice, job_id)
     assert job["status"] == "succeeded", job["error"]
+    # The one thing its user said of the input is recorded: how to feed the model.
+    assert job["metrics"]["input"] == {"shape": [1, 28, 28], "mean": [0.5], "std": [0.5]}
     path = tmp_path / "four.pqz"
     path.write_bytes(client.get(f"/v1/jobs/{job_id}/artifact", headers=alice).content)
     assert load_pqz(path)(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
