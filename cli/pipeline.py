@@ -319,7 +319,7 @@ def compress(
         print_json(info.to_dict())
         print_warnings(info.metrics, bars.warned)
         return
-    console.print(layer_table(info.layers, f"{output} ({arch})"))
+    console.print(layer_table(info.layers, f"{output} ({arch}, {classes} classes)"))
     console.print(totals_table(info.to_dict()))
     print_input(info.input)
     print_pipeline(info.metrics, info.spec, bars.warned)
