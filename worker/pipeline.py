@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from compression import (
     CompressionSpec,
@@ -147,6 +147,12 @@ class Recorder:
             )
             level = "warning" if message.startswith("warning: ") else "info"
             add_event(session, self.job_id, message, stage=stage, progress=progress, level=level)
+            status = session.execute(select(Job.status).where(Job.id == self.job_id)).scalar()
+        # Seen here, a cancel stops the job at this step; the heartbeat alone would see it up to
+        # heartbeat_interval_s later, after the end of a job shorter than that.
+        if status == JobStatus.cancelling:
+            self.cancelled.set()
+            raise JobCancelledError
 
     def beat(self, stop: threading.Event) -> None:
         """Heartbeat loop (its own thread): keeps the claim fresh, notices cancel and loss."""
