@@ -246,7 +246,7 @@ async def _stream(url: str, job_id: str, after: int) -> AsyncIterator[str]:
         await asyncio.sleep(0.5)
 
 
-@router.get("/{job_id}/artifact", response_class=StreamingResponse)
+@router.get("/{job_id}/artifact", response_class=StreamingResponse, responses=problems(409))
 def job_artifact(
     job: JobDep,
     session: SessionDep,
@@ -260,7 +260,7 @@ def job_artifact(
     if blob is None or blob.sha256 is None:
         raise not_found("artifact of job", job.id)
     etag = f'"{blob.sha256}"'
-    if if_none_match == etag:
+    if _none_match(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     headers = {
         "ETag": etag,
@@ -275,3 +275,12 @@ def job_artifact(
             yield from read_blob(stream_session, blob_id)
 
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
+def _none_match(header: str | None, etag: str) -> bool:
+    """If-None-Match as RFC 9110 compares it for GET: `*`, or any tag of the list equal to
+    `etag` when a weak tag's `W/` is set aside."""
+    if header is None:
+        return False
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
