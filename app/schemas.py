@@ -100,6 +100,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such resource, or another user's.",
         409: "The resource is in a state that forbids it.",
         413: "The upload is over PQZ_MAX_UPLOAD_BYTES; nothing of it is kept.",
+        415: "The file came as a form: send it as the raw request body.",
         422: "Invalid request: every bad field is in `errors`.",
         503: "The database or the broker cannot be reached.",
     }

@@ -66,6 +66,20 @@ def test_upload_over_the_cap_is_413_and_leaves_nothing(
     assert _count(settings, BlobChunk) == 0
 
 
+def test_an_upload_sent_as_a_form_is_415_saying_to_send_the_raw_body(
+    client: TestClient, alice: dict[str, str], settings: Settings
+) -> None:
+    response = client.post(  # what curl -F file=@model.pt sends
+        "/v1/files", params={"filename": "model.pt"}, files={"file": _zip()}, headers=alice
+    )
+    assert response.status_code == 415
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"].startswith(
+        "the file came as a form (multipart/form-data): send it as the raw request body"
+    )
+    assert _count(settings, Blob) == 0
+
+
 def _zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -41,7 +41,7 @@ def public(file: File) -> FilePublic:
     "",
     status_code=201,
     response_model=FilePublic,
-    responses=problems(413),
+    responses=problems(413, 415),
     openapi_extra=RAW_BODY,
 )
 async def upload(
@@ -60,6 +60,15 @@ async def upload(
     first bytes (a checkpoint that is neither torch.save's zip format nor safetensors, a data
     set that is not an .npz), is refused with 422 and not kept either.
     """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        # Stored as it came, a form would be its boundaries and fields, not the file.
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            f"the file came as a form ({media_type}): send it as the raw request body "
+            "(curl --data-binary @FILE -H 'Content-Type: application/octet-stream')",
+        )
     if idempotency_key and (existing := replay(session, user, idempotency_key, "files")):
         file = session.get(File, existing)
         if file is not None:
