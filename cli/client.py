@@ -381,10 +381,16 @@ def status(
         _show(job)
 
 
-def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    json_output: JsonOption = False,
+) -> None:
     """Cancel a job: a queued one at once, a running one between two of its steps."""
     job = Client().request("POST", f"/v1/jobs/{job_id}/cancel").json()
-    console.print(_summary(job), highlight=False, soft_wrap=True)
+    if json_output:
+        print_json(job)
+    else:
+        console.print(_summary(job), highlight=False, soft_wrap=True)
 
 
 def download(

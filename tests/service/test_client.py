@@ -189,7 +189,8 @@ def test_wait_stopped_by_ctrl_c_says_the_job_goes_on_and_waits_again(
     )
     assert json.loads(pqz("status", job_id, "--json").stdout)["status"] == "queued"
 
-    assert pqz("cancel", job_id).returncode == 0
+    cancelled = pqz("cancel", job_id, "--json")
+    assert json.loads(cancelled.stdout)["status"] == "cancelled", cancelled.stderr
     again = pqz("wait", job_id)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1] == f"error: {job_id}: cancelled"
