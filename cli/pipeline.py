@@ -388,13 +388,18 @@ def _normalized(dataset: Dataset, given: dict[str, list[float]] | None) -> Datas
 
 
 def _classes_of(model: torch.nn.Module, arch: str) -> int:
-    """A loaded checkpoint's classes: its output layer's (the last Linear's) rows."""
+    """A loaded checkpoint's classes: its output layer's rows."""
     from torch import nn
 
     from compression import get_architecture
+    from compression.checkpoint import output_layer
 
-    linear = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    return linear[-1].out_features if linear else get_architecture(arch).num_classes
+    output = output_layer(model)
+    if output is None:
+        return get_architecture(arch).num_classes
+    layer = model.get_submodule(output)
+    assert isinstance(layer, nn.Linear)  # output_layer names a Linear
+    return layer.out_features
 
 
 def _device(name: str) -> torch.device:

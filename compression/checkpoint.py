@@ -85,14 +85,20 @@ def checkpoint_classes(state: Mapping[str, torch.Tensor], architecture: str) -> 
     with torch.device("meta"):  # shapes only: no memory, however large the architecture
         model = build_model(architecture)
     expected = model.state_dict()
-    last = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1:]
-    if not last:
+    output = output_layer(model)
+    if output is None:
         return None
-    key = f"{last[0]}.weight"
+    key = f"{output}.weight"
     found = _without_prefix(dict(state), set(expected)).get(key)
     if found is None or found.dim() != 2 or found.shape[1:] != expected[key].shape[1:]:
         return None
     return int(found.shape[0]) if found.shape[0] != expected[key].shape[0] else None
+
+
+def output_layer(model: nn.Module) -> str | None:
+    """The name of the model's output layer, its last Linear (the layer `num_classes` sizes)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
 
 
 def check_state_dict(
@@ -253,8 +259,8 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _classes_hint(model: nn.Module, name: str, found: torch.Size, expected: torch.Size) -> str:
     """Where only the output layer's rows differ, the checkpoint has another number of classes."""
-    last = [key for key, module in model.named_modules() if isinstance(module, nn.Linear)][-1:]
-    if not last or not name.startswith(f"{last[0]}.") or found[1:] != expected[1:]:
+    output = output_layer(model)
+    if output is None or not name.startswith(f"{output}.") or found[1:] != expected[1:]:
         return ""
     return (
         f": the checkpoint's model has {found[0]} class{'es' if found[0] != 1 else ''} "

@@ -309,9 +309,9 @@ class QuantConfig:
 
     def names_layer(self, name: str, type_name: str) -> bool:
         """Whether an override (`modules` or `module_types`), not the default, rules the layer."""
-        return type_name in self.module_types or any(
-            re.fullmatch(pattern, name) for pattern in self.modules
-        )
+        default = QuantRule()  # a fresh object: it comes back only where no override matches
+        rule = resolve_rule(name, type_name, default, self.module_types, self.modules)
+        return rule is not default
 
     def to_dict(self) -> dict[str, Any]:
         return _fields_to_dict(self)
