@@ -166,6 +166,11 @@ class FinetuneSpec(Strict):
     layerwise_epochs: Epochs = 0.0
 
 
+class PromiseSpec(Strict):
+    hold_on: Literal["estimate", "upper_bound"] = "estimate"
+    max_tries: Annotated[int, Field(ge=1, le=20)] = 4
+
+
 Statistic = Annotated[
     list[Annotated[float, Field(ge=0.0, le=1.0), AsGiven]], Field(min_length=1, max_length=4)
 ]
@@ -200,6 +205,7 @@ class JobSpec(Strict):
     prune: PruneSpec | None = Field(default_factory=PruneSpec)
     quantize: QuantSpec = Field(default_factory=QuantSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    promise: PromiseSpec = Field(default_factory=PromiseSpec)
     augment: Literal["auto", "none", "shift", "crop-flip"] = "auto"
     normalize: NormalizeSpec | None = None
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0

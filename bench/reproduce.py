@@ -211,8 +211,7 @@ def run_row(
     for method in methods:
         started = time.perf_counter()
         pipeline = pruned.fork(spec_for(data, method, args, seed))
-        pipeline.quantize()
-        pipeline.finetune()
+        pipeline.finish()
         output = args.workdir / f"{arch}-{dataset.name}-{method}{seed_note(seed)}.pqz"
         info = pipeline.package(output, architecture=arch, num_classes=dataset.num_classes)
         metrics = info.metrics

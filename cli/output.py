@@ -147,9 +147,11 @@ def print_pipeline(
         console.print(
             f"test accuracy {metrics['baseline']['test_accuracy']:.4f} -> "
             f"{metrics['final']['test_accuracy']:.4f} on {metrics['final']['test_samples']} images "
-            f"({change}), weight sparsity {metrics['weight_sparsity']:.1%}",
+            f"({change}{_interval(metrics.get('test'))}), weight sparsity "
+            f"{metrics['weight_sparsity']:.1%}",
             highlight=False,
         )
+    print_promise(metrics)
     print_warnings(metrics, said)
     pruned = metrics.get("prune") or {}
     rounds = pruned.get("rounds")
@@ -176,6 +178,32 @@ def print_pipeline(
                 f"[dim]{layer['name']}: {verb}{layer['encoding']} ({layer['note']})[/]",
                 highlight=False,
             )
+
+
+def print_promise(metrics: dict[str, Any]) -> None:
+    """How the finished model was held to max_accuracy_drop: the confirm split's verdict."""
+    promise, confirm = metrics.get("promise"), metrics.get("confirm")
+    if promise is None or confirm is None:
+        return
+    tries = promise["tries"]
+    backed = f"after {len(tries)} tries, from {tries[-1]['start']}" if len(tries) > 1 else ""
+    verdict = "kept" if promise["tolerance_met"] else "missed"
+    rule = "its estimate" if promise["hold_on"] == "estimate" else "its interval's upper bound"
+    console.print(
+        f"tolerance {100 * promise['max_accuracy_drop']:.2f} points {verdict} on "
+        f"{rule}: the {promise['confirm_split']} split ({confirm['n']} images no decision saw) "
+        f"lost {100 * confirm['drop']:.2f} points{_interval(confirm)}"
+        + (f", {backed}" if backed else ""),
+        highlight=False,
+    )
+
+
+def _interval(comparison: dict[str, Any] | None) -> str:
+    """', 95% CI a to b' in points, for a paired comparison's report (empty without one)."""
+    if comparison is None:
+        return ""
+    low, high = comparison["drop_ci95"]
+    return f", 95% CI {100 * low:.2f} to {100 * high:.2f}"
 
 
 def print_warnings(metrics: dict[str, Any], said: Collection[str] = ()) -> None:

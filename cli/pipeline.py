@@ -170,14 +170,23 @@ def evaluate(
     ] = "dense",
     mean: MeanOption = None,
     std: StdOption = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="The checkpoint the .pqz was made from: both run on the same test images, and "
+            "the drop comes with its paired 95% interval."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Test accuracy of a compressed .pqz (from the file alone) or of a checkpoint."""
+    """Test accuracy of a compressed .pqz (from the file alone) or of a checkpoint; with
+    --against, the paired comparison with the uncompressed checkpoint."""
     given = normalization(mean, std)
     from compression import inspect_pqz, load_checkpoint, load_pqz
+    from compression.paired import compare
     from compression.pqz.container import MAGIC
     from compression.runtime import RUNTIMES, runtime_report
-    from compression.train import evaluate as accuracy
+    from compression.train import predictions_correct
 
     if runtime not in RUNTIMES:
         fail(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}", code=2)
@@ -202,6 +211,8 @@ def evaluate(
             )
         if given is not None:
             fail("--mean and --std apply to checkpoints: a .pqz records its own", code=2)
+    elif against is not None:
+        fail(f"--against compares a .pqz with its checkpoint, and {file} is not a .pqz", code=2)
     elif runtime != "dense":
         fail("--runtime applies to .pqz files; a checkpoint runs as it is", code=2)
     elif arch is None:
@@ -209,6 +220,8 @@ def evaluate(
     else:
         architecture = arch
     dataset = _normalized(_dataset(data, data_dir, download, architecture, 0), given)
+    if against is not None:
+        require_file(against)
     if is_pqz:
         _check_classes(file, stored["num_classes"], recorded, dataset)
     if recorded is not None:
@@ -224,13 +237,18 @@ def evaluate(
         model = load_checkpoint(
             file, architecture, dataset.num_classes if num_classes is None else num_classes
         )
+    verdicts = predictions_correct(model, dataset, dataset.test, device=target)
     result: dict[str, Any] = {
-        "accuracy": accuracy(model, dataset, dataset.test, device=target),
+        "accuracy": int(verdicts.sum()) / max(len(verdicts), 1),
         "n": len(dataset.test),
         "data": data,
         "arch": architecture,
         "runtime": runtime if is_pqz else None,
     }
+    if against is not None:
+        reference = load_checkpoint(against, architecture, stored["num_classes"])
+        baseline = predictions_correct(reference, dataset, dataset.test, device=target)
+        result |= {**compare(baseline, verdicts).to_dict(), "against": str(against)}
     report = runtime_report(model)
     if report is not None:
         result["kernels"] = dict(Counter(report.kernels.values()))
@@ -242,6 +260,15 @@ def evaluate(
         console.print(
             f"test accuracy {result['accuracy']:.4f} on {result['n']} images", highlight=False
         )
+        if against is not None:
+            low, high = result["drop_ci95"]
+            console.print(
+                f"against {against}: {result['baseline_accuracy']:.4f} on the same images, a drop "
+                f"of {100 * result['drop']:.2f} points (95% CI {100 * low:.2f} to "
+                f"{100 * high:.2f}, {result['method']}): {result['lost']} images lost, "
+                f"{result['gained']} gained",
+                highlight=False,
+            )
         if "kernels" in result:
             kernels = ", ".join(f"{k} {n}" for k, n in sorted(result["kernels"].items()))
             note = f" ({result['runtime_note']})" if "runtime_note" in result else ""

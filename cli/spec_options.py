@@ -55,7 +55,7 @@ SparsityOption = Annotated[float | None, typer.Option(help="Prune this fraction 
 ThresholdOption = Annotated[float | None, typer.Option(help="Prune every |w| below this.")]
 MaxDropOption = Annotated[
     float | None,
-    typer.Option(help="Scan tolerance on validation accuracy (0.003 = 0.3 points)."),
+    typer.Option(help="Most accuracy the finished model may lose (0.003 = 0.3 points)."),
 ]
 MethodOption = Annotated[Method | None, typer.Option(help="pq (product) or kmeans (scalar).")]
 BlockSizeOption = Annotated[int | None, typer.Option(help="Sub-vector size d (default per layer).")]

@@ -447,15 +447,45 @@ class Normalize:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PromiseConfig:
+    """How the finished model is held to `prune.max_accuracy_drop` (see compression.promise).
+
+    After quantization and fine-tuning, the model is compared with the baseline on the search
+    (validation) split, image by image; a miss backs off to the previous kept pruning round and
+    finishes again, at most `max_tries` times in all. A candidate that holds on the search
+    split is judged on the confirm split, which no decision has seen. `hold_on="estimate"`
+    asks the measured drop to be within the tolerance; `"upper_bound"` asks the same of the
+    upper end of its paired interval (95%, widened to 1 - 0.05 / max_tries for the looks the
+    confirm split may take): with 6,000 images and 100 discordant ones, that is about 0.2
+    points stricter.
+    """
+
+    hold_on: Literal["estimate", "upper_bound"] = "estimate"
+    max_tries: int = 4
+
+    def __post_init__(self) -> None:
+        check_choice(self.hold_on, "promise hold_on", ("estimate", "upper_bound"))
+        check_number(self.max_tries, "promise max_tries", low=1, high=20, integer=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "promise") -> PromiseConfig:
+        return _build(cls, check_keys(data, _field_names(cls), where), where)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CompressionSpec:
     """A whole compression job: one JSON document, shared by `pqz compress --spec` and the API.
 
     Without `data` the job is post-training: prune by `prune.sparsity` / `prune.threshold` (or
     not at all), then quantize; no accuracy is claimed. With `data` it runs the thesis pipeline:
-    baseline, threshold-scan pruning with retraining, quantization, codebook fine-tuning.
-    `prune: null` skips pruning altogether. `augment` applies to every training pass of the job
-    (retraining, layer-wise training, fine-tuning); give the baseline the same, or the
-    compressed model may win accuracy only because it was trained with more regularisation.
+    baseline, threshold-scan pruning with retraining, quantization, codebook fine-tuning, and
+    holds the finished model to `prune.max_accuracy_drop` as `promise` says. `prune: null`
+    skips pruning altogether. `augment` applies to every training pass of the job (retraining,
+    layer-wise training, fine-tuning); give the baseline the same, or the compressed model may
+    win accuracy only because it was trained with more regularisation.
     `normalize` says how the model was trained to see its inputs (see `Normalize`); by default
     pqz normalises with the training split's own mean and std, as `pqz train` does.
     """
@@ -466,6 +496,7 @@ class CompressionSpec:
     prune: PruneConfig | None = field(default_factory=PruneConfig)
     quantize: QuantConfig = field(default_factory=QuantConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    promise: PromiseConfig = field(default_factory=PromiseConfig)
     augment: Augment = "auto"
     normalize: Normalize | None = None
     seed: int = 0
@@ -495,6 +526,7 @@ class CompressionSpec:
             "prune": None if self.prune is None else self.prune.to_dict(),
             "quantize": self.quantize.to_dict(),
             "finetune": self.finetune.to_dict(),
+            "promise": self.promise.to_dict(),
             "augment": self.augment,
             "normalize": None if self.normalize is None else self.normalize.to_dict(),
             "seed": self.seed,
@@ -510,6 +542,8 @@ class CompressionSpec:
             values["quantize"] = QuantConfig.from_dict(values["quantize"], f"{where}.quantize")
         if "finetune" in values:
             values["finetune"] = FinetuneConfig.from_dict(values["finetune"], f"{where}.finetune")
+        if "promise" in values:
+            values["promise"] = PromiseConfig.from_dict(values["promise"], f"{where}.promise")
         if values.get("normalize") is not None:
             values["normalize"] = Normalize.from_dict(values["normalize"], f"{where}.normalize")
         return _build(cls, values, where)

@@ -1,9 +1,10 @@
 """Data sets as preloaded uint8 tensors: built-in names, image folders, and users' `.npz` files.
 
-Every data set comes as train / validation / test splits. The validation split is held out of
-the training data (seeded) and drives every decision of the pipeline; the test split is only
-reported. Images stay uint8 in memory (CIFAR-10 is 150 MB that way) and are normalised batch by
-batch, on the device that trains.
+Every data set comes as train / validation / confirm / test splits. The validation split (the
+pipeline's search split) and the confirm split are held out of the training data (seeded):
+the first drives every decision of the pipeline, the second judges only its final candidates,
+and the test split is only reported. Images stay uint8 in memory (CIFAR-10 is 150 MB that
+way) and are normalised batch by batch, on the device that trains.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Dataset:
     augment: bool  # the data set's own recipe is crop-and-flip (CIFAR); see `resolve_augment`
     classes: tuple[str, ...] | None = None  # the labels' names, where the source has them
     resized_from: tuple[int, int] | None = None  # (height, width) before `fit_to` resized
+    # Held out like `val` but seen by no decision: it judges the pipeline's final candidates.
+    # None where a caller built the splits itself; the pipeline then says it judged on `val`.
+    confirm: Split | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,21 +83,30 @@ def load_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
     val_fraction: float = 0.1,
+    confirm_fraction: float = 0.1,
     seed: int = 0,
     arch: str | None = None,
 ) -> Dataset:
     """A built-in name (`digits`, `mnist`, `fashion-mnist`, `cifar10`, `cifar100`) or a path to
     an image-folder directory (`train/<class>/*`, `test/<class>/*`) or a `.npz` file; with
-    `arch`, fitted to that architecture's input (see `fit_to`)."""
+    `arch`, fitted to that architecture's input (see `fit_to`). `val_fraction` and
+    `confirm_fraction` of the training images are held out as the validation (search) and
+    confirm splits: 6,000 each of Fashion-MNIST's 60,000."""
     if not 0.0 < val_fraction < 1.0:
         raise InvalidConfigError(f"val_fraction {val_fraction!r} is outside (0, 1)")
+    if not 0.0 <= confirm_fraction < 1.0 - val_fraction:
+        raise InvalidConfigError(
+            f"confirm_fraction {confirm_fraction!r} is outside [0, {1.0 - val_fraction:g}) "
+            f"(what val_fraction {val_fraction!r} leaves)"
+        )
     read = read_source(source, data_dir=data_dir, download=download)
-    train, val = _hold_out(read.train, val_fraction, seed)
+    train, val, confirm = _hold_out(read.train, val_fraction, confirm_fraction, seed)
     mean, std = _statistics(train.x)
     dataset = Dataset(
         name=source,
         train=train,
         val=val,
+        confirm=confirm,
         test=read.test,
         num_classes=read.num_classes,
         mean=mean,
@@ -186,6 +199,7 @@ def fit_to(dataset: Dataset, input_shape: tuple[int, ...], resizes: bool, arch: 
         dataset,
         train=resize(dataset.train),
         val=resize(dataset.val),
+        confirm=None if dataset.confirm is None else resize(dataset.confirm),
         test=resize(dataset.test),
         resized_from=dataset.image_shape[1:],
     )
@@ -261,9 +275,21 @@ def _statistics(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp(min=1e-3).tolist())
 
 
-def _hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def _hold_out(
+    train: Split, val_fraction: float, confirm_fraction: float, seed: int
+) -> tuple[Split, Split, Split | None]:
+    """(train, val, confirm): val is the first images of a seeded order, as it was before
+    there was a confirm split, so a seed's validation images stay the same; None without
+    `confirm_fraction`."""
     n = len(train)
-    n_val = max(1, round(fraction * n))
+    n_val = max(1, round(val_fraction * n))
+    n_confirm = 0
+    if confirm_fraction > 0:  # at least one image, and one left to train on
+        n_confirm = min(max(1, round(confirm_fraction * n)), max(n - n_val - 1, 0))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val, rest = order[:n_val], order[n_val:]
-    return Split(train.x[rest], train.y[rest]), Split(train.x[val], train.y[val])
+    val, confirm, rest = order[:n_val], order[n_val : n_val + n_confirm], order[n_val + n_confirm :]
+    return (
+        Split(train.x[rest], train.y[rest]),
+        Split(train.x[val], train.y[val]),
+        Split(train.x[confirm], train.y[confirm]) if n_confirm else None,
+    )

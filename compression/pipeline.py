@@ -1,9 +1,11 @@
-"""The thesis pipeline as stages: baseline, prune (scan + retrain), quantize, fine-tune, package.
+"""The thesis pipeline as stages: baseline, prune (scan + retrain), finish, package.
 
 `Pipeline` holds one model through its stages, each a method that a caller can drive on its
 own (the service's worker records a job event per stage through `progress`);
-`compress_model` runs them all for `pqz compress`. Every stage's accuracy, sparsity and
-duration goes into the `.pqz` manifest.
+`compress_model` runs them all for `pqz compress`. `finish` quantizes and fine-tunes, backing
+off to earlier pruning states until the finished model keeps `max_accuracy_drop`
+(compression.promise). Every stage's accuracy, sparsity and duration goes into the `.pqz`
+manifest, and every accuracy drop comes with its paired 95% interval (compression.paired).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from torch import nn
 from compression.config import CompressionSpec, Normalize, TrainConfig, check_patterns
 from compression.data import Dataset, normalized
 from compression.finetune import finetune
+from compression.paired import compare
 from compression.pq import LayerQuantization, default_block_size, quantize_
 from compression.pqz import PqzInfo, save_pqz
 from compression.preprocessing import Preprocessing
+from compression.promise import Start, confirm_confidence, keep_promise
 from compression.prune import (
     clone_model,
     get_mask,
@@ -34,10 +38,14 @@ from compression.prune import (
     weight_of,
 )
 from compression.scan import prune_by_scan_
-from compression.train import evaluate, train
+from compression.train import evaluate, predictions_correct, train
 from compression.zoo import get_architecture
 
 StageProgress = Callable[[str, float, str], None]  # (stage, fraction of the stage, message)
+
+
+def _mean(verdicts: torch.Tensor) -> float:
+    return int(verdicts.sum()) / max(verdicts.numel(), 1)  # as `evaluate` counts
 
 
 def weight_sparsity(model: nn.Module) -> float:
@@ -88,6 +96,13 @@ class Pipeline:
     progress: StageProgress | None = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     teacher: nn.Module | None = None
+    # The kept pruning states, most compressed first: what `finish` backs off to.
+    starts: list[Start] = dataclasses.field(default_factory=list)
+    # The baseline's verdict on each image of a split ("val", "test"), for paired comparisons.
+    verdicts: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    # The model as it came, kept by `baseline`: the teacher of distillation, and the baseline
+    # that the confirm split judges against (only then, so nothing sees that split earlier).
+    uncompressed: nn.Module | None = None
 
     def __post_init__(self) -> None:
         # Layer patterns that match nothing are refused now, not after hours of pruning.
@@ -114,6 +129,9 @@ class Pipeline:
             self.progress,
             copy.deepcopy(self.metrics),
             self.teacher,
+            list(self.starts),
+            dict(self.verdicts),
+            self.uncompressed,
         )
 
     def report(self, stage: str) -> Callable[[float, str], None]:
@@ -133,20 +151,30 @@ class Pipeline:
         started = time.perf_counter()
         self.report("baseline")(0.0, "evaluating the uncompressed model")
         self.metrics["data"] = self.dataset.name
-        self.metrics["baseline"] = self._accuracies()
+        for split in ("val", "test"):
+            self.verdicts[split] = self._correct(self.model, split)
+        self.metrics["baseline"] = {
+            "val_accuracy": _mean(self.verdicts["val"]),
+            "test_accuracy": _mean(self.verdicts["test"]),
+            "test_samples": len(self.dataset.test),
+        }
         prune = self.spec.prune
-        images = len(self.dataset.val)
-        if prune is not None and images and 1 / images > prune.max_accuracy_drop:
-            self._warn(
-                "baseline",
-                f"the validation split has {images} image{'s' if images != 1 else ''}, so one "
-                f"image is {100 / images:.2f} points, more than the "
-                f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop "
-                f"{prune.max_accuracy_drop} allows: no decision can hold the tolerance on it "
-                "(more data, or a larger max_accuracy_drop)",
-            )
+        splits = {"validation": len(self.dataset.val)}
+        if self.dataset.confirm is not None:
+            splits["confirm"] = len(self.dataset.confirm)
+        for split, images in splits.items():
+            if prune is not None and images and 1 / images > prune.max_accuracy_drop:
+                self._warn(
+                    "baseline",
+                    f"the {split} split has {images} image{'s' if images != 1 else ''}, so one "
+                    f"image is {100 / images:.2f} points, more than the "
+                    f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop "
+                    f"{prune.max_accuracy_drop} allows: no decision can hold the tolerance on "
+                    "it (more data, or a larger max_accuracy_drop)",
+                )
+        self.uncompressed = clone_model(self.model).eval()
         if self.spec.finetune.distill or (prune is not None and prune.distill):
-            self.teacher = clone_model(self.model)
+            self.teacher = self.uncompressed
         self._done("baseline", started)
 
     def prune(self) -> None:
@@ -187,34 +215,105 @@ class Pipeline:
             augment=self.spec.augment,
         )
         self.metrics["finetune"] = {"epoch_loss": losses}
-        self.metrics["final"] = self._accuracies()
-        baseline = self.metrics["baseline"]["test_accuracy"]
-        self.metrics["accuracy_drop"] = baseline - self.metrics["final"]["test_accuracy"]
-        warning = self._tolerance_warning()
-        if warning is not None:
-            self._warn("finetune", warning)
         self._done("finetune", started)
+
+    def finish(self) -> None:
+        """Quantize and fine-tune; with data and a tolerance, back off to earlier pruning
+        states until the finished model keeps it (compression.promise), then report the test
+        split's paired comparison."""
+        prune = self.spec.prune
+        if self.dataset is None:
+            self.quantize()
+            self.finetune()
+            return
+        starts = self.starts or [Start("the model as pruned", weight_sparsity(self.model))]
+        pruned = clone_model(self.model) if len(starts) > 1 else self.model
+        dataset = self.dataset
+
+        def finish_from(start: Start, index: int) -> nn.Module:
+            if index:  # the first try goes on from the model as it stands
+                self.model = clone_model(pruned)
+                if start.state is not None:
+                    self.model.load_state_dict(start.state)
+            self.quantize()
+            self.finetune()
+            return self.model
+
+        if prune is None:  # no tolerance to hold: one try, its drop only reported
+            finish_from(starts[0], 0)
+            self._final(None)
+            return
+        confirm = "confirm" if dataset.confirm is not None else "val"
+        uncompressed = self.uncompressed
+        assert uncompressed is not None, "baseline() keeps the model as it came"
+        outcome = keep_promise(
+            starts,
+            config=self.spec.promise,
+            tolerance=prune.max_accuracy_drop,
+            finish=finish_from,
+            search=lambda model: self._correct(model, "val"),
+            confirm=lambda model: self._correct(model, confirm),
+            baseline_search=self.verdicts["val"],
+            baseline_confirm=lambda: self._correct(uncompressed, confirm),
+            report=lambda message: self.report("finetune")(1.0, message),
+        )
+        self.model = outcome.model
+        self.metrics["promise"] = {
+            "max_accuracy_drop": prune.max_accuracy_drop,
+            "hold_on": self.spec.promise.hold_on,
+            "max_tries": self.spec.promise.max_tries,
+            "confirm_split": confirm,
+            "confirm_confidence": round(confirm_confidence(self.spec.promise), 6),
+            "tolerance_met": outcome.tolerance_met,
+            "looks": outcome.looks,
+            "tries": outcome.tries,
+            **({"reason": outcome.reason} if outcome.reason else {}),
+        }
+        if confirm == "val":
+            self._warn(
+                "finetune",
+                "the data set has no confirm split: the validation split that made the "
+                "decisions judged the result too, so its drop is likely optimistic",
+            )
+        self._final(outcome.tries[-1]["confirm"])
+        if not outcome.tolerance_met:
+            self._warn("finetune", self._tolerance_warning(outcome.reason))
 
     def _warn(self, stage: str, warning: str) -> None:
         """Kept in the manifest's metrics, and said as an event (the CLI prints it)."""
         self.metrics.setdefault("warnings", []).append(warning)
         self.report(stage)(1.0, f"warning: {warning}")
 
-    def _tolerance_warning(self) -> str | None:
-        """Said when the finished model lost more validation accuracy than the spec allows."""
+    def _final(self, confirmed: dict[str, Any] | None) -> None:
+        """The finished model's paired comparisons with the baseline, the test split's only
+        reported: no decision reads it."""
+        val = compare(self.verdicts["val"], self._correct(self.model, "val"))
+        test = compare(self.verdicts["test"], self._correct(self.model, "test"))
+        self.metrics["final"] = {
+            "val_accuracy": val.accuracy,
+            "test_accuracy": test.accuracy,
+            "test_samples": test.n,
+        }
+        self.metrics["test"] = test.to_dict()
+        self.metrics["accuracy_drop"] = test.drop
+        self.metrics["accuracy_drop_ci95"] = self.metrics["test"]["drop_ci95"]
+        if confirmed is not None:
+            self.metrics["confirm"] = confirmed
+            self.metrics["tolerance_met"] = self.metrics["promise"]["tolerance_met"]
+
+    def _tolerance_warning(self, reason: str) -> str:
+        """Said when even the least compressed candidate tried missed the tolerance."""
         prune = self.spec.prune
-        if prune is None:
-            return None
-        baseline = self.metrics["baseline"]["val_accuracy"]
-        drop = baseline - self.metrics["final"]["val_accuracy"]
-        if drop <= prune.max_accuracy_drop:
-            return None
+        assert prune is not None
+        judged = self.metrics["confirm"]
+        low, high = judged["drop_ci95"]
         pruned = self.metrics.get("prune", {})
-        lost = baseline - pruned.get("final_accuracy", baseline)  # the scan's, on validation
+        lost = self.metrics["baseline"]["val_accuracy"] - pruned.get("final_accuracy", 1.0)
         if prune.sparsity is not None or prune.threshold is not None:
             why = (
-                "prune.sparsity and prune.threshold are applied as given; without them the "
-                "threshold scan keeps pruning within the tolerance"
+                "prune.sparsity and prune.threshold are applied as given, so there is no "
+                "pruning state to back off to; without them the threshold scan prunes within "
+                "the tolerance"
             )
         elif "fixed_accuracy" in pruned and lost > prune.max_accuracy_drop:
             why = (
@@ -222,20 +321,13 @@ class Pipeline:
                 f"or threshold ({', '.join(pruned.get('fixed_layers', []))}) are pruned as "
                 "given, and the scan pruned nothing more"
             )
-        elif lost < 0:  # retraining can leave the pruned model ahead of the baseline
-            why = (
-                f"pruning gained {-100 * lost:.2f} points; quantization and fine-tuning lost "
-                f"that gain and {100 * drop:.2f} points more"
-            )
         else:
-            why = (
-                f"pruning lost {100 * lost:.2f} of them, within the tolerance; quantization and "
-                "fine-tuning lost the rest"
-            )
+            why = reason
         return (
-            f"validation accuracy fell {100 * drop:.2f} points, more than the "
-            f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop {prune.max_accuracy_drop} "
-            f"allows ({why})"
+            f"the finished model lost {100 * judged['drop']:.2f} points on the "
+            f"{self.metrics['promise']['confirm_split']} split (95% CI {100 * low:.2f} to "
+            f"{100 * high:.2f}), more than the {100 * prune.max_accuracy_drop:.2f} that "
+            f"max_accuracy_drop {prune.max_accuracy_drop} allows ({why})"
         )
 
     def package(
@@ -310,17 +402,10 @@ class Pipeline:
             augment=self.spec.augment,
         )
 
-    def _accuracies(self) -> dict[str, float]:
+    def _correct(self, model: nn.Module, split: str) -> torch.Tensor:
         assert self.dataset is not None
-        return {
-            "val_accuracy": evaluate(
-                self.model, self.dataset, self.dataset.val, device=self.device
-            ),
-            "test_accuracy": evaluate(
-                self.model, self.dataset, self.dataset.test, device=self.device
-            ),
-            "test_samples": len(self.dataset.test),
-        }
+        part = getattr(self.dataset, split)
+        return predictions_correct(model, self.dataset, part, device=self.device)
 
     def _prune(self) -> dict[str, Any]:
         config, dataset, device, model = self.spec.prune, self.dataset, self.device, self.model
@@ -374,6 +459,14 @@ class Pipeline:
                 progress=within_round,
             )
 
+        def keep(round_kept: int) -> None:
+            sparsity = weight_sparsity(model)
+            label = f"round {round_kept}" if round_kept else "the unscanned model"
+            if not round_kept and sparsity == 0:
+                label = "the unpruned model"
+            state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+            self.starts.insert(0, Start(label, sparsity, state))
+
         scan = prune_by_scan_(
             model,
             config,
@@ -382,6 +475,7 @@ class Pipeline:
             retrain=retrain_round,
             report=report,
             block_sizes=block_sizes,
+            keep=keep,
         )
         return {
             **scan.to_dict(),
@@ -409,6 +503,5 @@ def compress_model(
     pipeline = Pipeline(model, spec, dataset, device, progress)
     pipeline.baseline()
     pipeline.prune()
-    pipeline.quantize()
-    pipeline.finetune()
+    pipeline.finish()
     return pipeline.package(output, architecture=architecture, num_classes=num_classes)

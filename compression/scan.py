@@ -54,6 +54,7 @@ _SCANNED = PruneRule(sparsity=0.0)  # marks "no override: scan this layer" (comp
 Score = Callable[[nn.Module], float]  # model -> validation accuracy (0..1)
 Retrain = Callable[[nn.Module, int], None]  # (model, round) -> None, trains in place
 Report = Callable[[float, str], None]
+Keep = Callable[[int], None]  # round kept (0: before any scanned round), model in that state
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +143,14 @@ def prune_by_scan_(
     retrain: Retrain,
     report: Report | None = None,
     block_sizes: Mapping[str, int] | None = None,
+    keep: Keep | None = None,
 ) -> ScanResult:
     """Prune `model` in place by threshold scans and retraining rounds (see module docstring).
 
     `block_sizes` (layer name -> size) prunes runs of consecutive weights together, as
-    `prune_` does; layers it does not name are pruned weight by weight.
+    `prune_` does; layers it does not name are pruned weight by weight. `keep(round)` is called
+    with the model in each state the rounds keep, the unscanned one (round 0) first: the
+    states a caller can back off to.
     """
     candidates = prunable_layers(model)
     sizes = {name: (block_sizes or {}).get(name, 1) for name, _, _ in candidates}
@@ -183,6 +187,8 @@ def prune_by_scan_(
     # most of it back, so it starts well above the tolerance and adapts to what retraining does.
     budget = max(5 * config.max_accuracy_drop, 0.01)
     accepted = copy.deepcopy(model.state_dict())
+    if keep is not None:
+        keep(0)
     attempts = 0
     while attempts < config.rounds:
         if report is not None:
@@ -238,6 +244,8 @@ def prune_by_scan_(
                 report(attempts / config.rounds, f"round {attempts} {state}: val {accuracy:.4f}")
             if kept:
                 accepted = copy.deepcopy(model.state_dict())
+                if keep is not None:
+                    keep(attempts)
                 result.final_accuracy = accuracy
                 budget *= 1.5
                 break

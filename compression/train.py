@@ -148,6 +148,30 @@ def _distillation(
 
 
 @torch.no_grad()
+def predictions_correct(
+    model: nn.Module,
+    dataset: Dataset,
+    split: Split,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    limit: int | None = None,
+) -> torch.Tensor:
+    """Per image of `split` (its first `limit` when given), whether the top-1 prediction is
+    right: (n,) bool on the CPU, what paired comparisons are made of."""
+    model.to(device).eval()
+    if limit is not None and limit < len(split):
+        split = Split(split.x[:limit], split.y[:limit])
+    verdicts = []
+    for index, (x, y) in enumerate(batches(dataset, split, batch_size=batch_size, device=device)):
+        with autocast(device):
+            logits = model(x)  # (batch, classes)
+        if index == 0:
+            _check_outputs(logits, dataset)
+        verdicts.append((logits.argmax(1) == y).cpu())  # (batch,)
+    return torch.cat(verdicts) if verdicts else torch.zeros(0, dtype=torch.bool)
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -158,17 +182,10 @@ def evaluate(
     limit: int | None = None,
 ) -> float:
     """Top-1 accuracy (0..1) on `split` (its first `limit` samples when given)."""
-    model.to(device).eval()
-    if limit is not None and limit < len(split):
-        split = Split(split.x[:limit], split.y[:limit])
-    correct = 0
-    for index, (x, y) in enumerate(batches(dataset, split, batch_size=batch_size, device=device)):
-        with autocast(device):
-            logits = model(x)  # (batch, classes)
-        if index == 0:
-            _check_outputs(logits, dataset)
-        correct += int((logits.argmax(1) == y).sum())
-    return correct / max(len(split), 1)
+    correct = predictions_correct(
+        model, dataset, split, device=device, batch_size=batch_size, limit=limit
+    )
+    return int(correct.sum()) / max(len(correct), 1)
 
 
 def _check_outputs(logits: torch.Tensor, dataset: Dataset) -> None:

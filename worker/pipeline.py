@@ -313,8 +313,7 @@ def _run(
     pipeline = Pipeline(model, spec, dataset, device, recorder)
     pipeline.baseline()
     pipeline.prune()
-    pipeline.quantize()
-    pipeline.finetune()
+    pipeline.finish()
     output = workdir / f"{job_id}.pqz"
     info = pipeline.package(output, architecture=spec.arch, num_classes=num_classes)
     with session_scope(url) as session:

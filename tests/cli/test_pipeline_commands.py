@@ -98,6 +98,21 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
         "arch": "lenet-300-100",
         "runtime": "dense",
     }
+    # The claim, checked as a user would: both models on the same test images.
+    paired = run("eval", str(out), "--data", "digits", "--against", str(path), "--json")
+    assert paired.returncode == 0, paired.stderr
+    claim = json.loads(paired.stdout)
+    test = info["metrics"]["test"]
+    assert claim["accuracy"] == final["test_accuracy"] == test["accuracy"]
+    assert claim["baseline_accuracy"] == info["metrics"]["baseline"]["test_accuracy"]
+    assert claim["drop"] == pytest.approx(info["metrics"]["accuracy_drop"])
+    assert claim["drop_ci95"] == pytest.approx(test["drop_ci95"])
+    assert (claim["n"], claim["lost"], claim["gained"]) == (360, test["lost"], test["gained"])
+    assert claim["drop"] == pytest.approx((claim["lost"] - claim["gained"]) / 360)
+    said = run("eval", str(out), "--data", "digits", "--against", str(path))
+    assert said.returncode == 0, said.stderr
+    assert f"against {path}: " in said.stdout
+    assert "(95% CI " in said.stdout
     # Another data set whose training images are darker, with the same test images: the file's
     # recorded normalisation is used, not the statistics of the data it meets.
     from compression.sources import digits
@@ -163,6 +178,20 @@ def test_compress_with_data_runs_the_pipeline_and_eval_reads_the_pqz(
     ("args", "code", "message"),
     [
         (["eval", "{ckpt}", "--data", "digits"], 2, "a checkpoint needs --arch"),
+        (
+            [
+                "eval",
+                "{ckpt}",
+                "--arch",
+                "lenet-300-100",
+                "--data",
+                "digits",
+                "--against",
+                "{ckpt}",
+            ],
+            2,
+            "--against compares a .pqz with its checkpoint, and",
+        ),
         (
             ["eval", "{ckpt}", "--arch", "lenet-300-100", "--data", "imagenet"],
             1,

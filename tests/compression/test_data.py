@@ -12,11 +12,20 @@ from compression import InvalidConfigError
 from compression.data import Dataset, Split, batches, fit_to, load_dataset, resolve_augment
 
 
-def test_digits_has_disjoint_train_val_test_splits() -> None:
+def test_digits_has_disjoint_train_val_confirm_test_splits() -> None:
     dataset = load_dataset("digits", val_fraction=0.2, seed=1)
     assert dataset.image_shape == (1, 8, 8)
-    assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 1797
+    assert dataset.confirm is not None
+    sizes = (len(dataset.train), len(dataset.val), len(dataset.confirm), len(dataset.test))
+    assert sum(sizes) == 1797
     assert len(dataset.val) == round(0.2 * 1437)
+    assert len(dataset.confirm) == round(0.1 * 1437)
+    # The validation images are a seed's as they were before there was a confirm split.
+    alone = load_dataset("digits", val_fraction=0.2, confirm_fraction=0.0, seed=1)
+    assert alone.confirm is None
+    assert torch.equal(alone.val.x, dataset.val.x)
+    confirm_rows = {bytes(row) for row in dataset.confirm.x.flatten(1).numpy()}
+    assert sum(bytes(row) in confirm_rows for row in dataset.val.x.flatten(1).numpy()) < 10
     assert dataset.num_classes == 10
     assert dataset.train.x.dtype == torch.uint8
     train_rows = {bytes(row) for row in dataset.train.x.flatten(1).numpy()}
@@ -31,6 +40,14 @@ def test_lenet_input_is_resized_where_documented() -> None:
         InvalidConfigError, match="has 1x8x8 images; architecture 'vgg16-cifar' takes 3x32x32"
     ):
         fit_to(load_dataset("digits"), (3, 32, 32), True, "vgg16-cifar")
+
+
+@pytest.mark.parametrize("confirm_fraction", [-0.1, 0.9, 1.0])
+def test_a_confirm_fraction_that_leaves_no_training_images_is_refused(
+    confirm_fraction: float,
+) -> None:
+    with pytest.raises(InvalidConfigError, match=f"confirm_fraction {confirm_fraction!r} is"):
+        load_dataset("digits", confirm_fraction=confirm_fraction)
 
 
 def test_batches_are_normalised_and_cover_the_split() -> None:
@@ -118,7 +135,8 @@ def test_idx_files_in_debian_layout_load(tmp_path: Path) -> None:
         _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     dataset = load_dataset("fashion-mnist", data_dir=tmp_path)
-    assert len(dataset.train) + len(dataset.val) == 50
+    assert dataset.confirm is not None
+    assert len(dataset.train) + len(dataset.val) + len(dataset.confirm) == 50
     assert len(dataset.test) == 20
     with pytest.raises(InvalidConfigError, match="data set 'mnist' not found under"):
         load_dataset("mnist", data_dir=tmp_path)
@@ -232,7 +250,8 @@ def test_grey_images_among_colour_ones_are_made_colour(tmp_path: Path) -> None:
     Image.fromarray(np.full((32, 32), 200, dtype=np.uint8)).save(tmp_path / "train/cat/grey.png")
     dataset = load_dataset(str(tmp_path), val_fraction=0.2)
     assert dataset.image_shape == (3, 32, 32)
-    assert len(dataset.train) + len(dataset.val) == 5
+    assert dataset.confirm is not None
+    assert len(dataset.train) + len(dataset.val) + len(dataset.confirm) == 5
 
 
 def test_sixteen_bit_grey_and_grey_with_alpha_stay_grey(tmp_path: Path) -> None:

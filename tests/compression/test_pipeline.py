@@ -82,7 +82,7 @@ def test_scan_keeps_validation_accuracy_within_tolerance(
     sparsities = [
         1 - float(get_mask(module).float().mean()) for _, module, _ in prunable_layers(model)
     ]
-    assert max(sparsities) >= 0.3  # the scan pruned something
+    assert max(sparsities) >= 0.2  # the scan pruned something
 
 
 @pytest.mark.parametrize("budget", [0.0, 0.02, 0.1])
@@ -259,27 +259,19 @@ def test_a_model_that_lost_more_than_the_tolerance_says_so(
     )
     info, messages = _compress(trained, spec, tmp_path / "lossy.pqz", digits)
     metrics = info.metrics
-    drop = metrics["baseline"]["val_accuracy"] - metrics["final"]["val_accuracy"]
+    confirm = metrics["confirm"]
+    low, high = confirm["drop_ci95"]
+    assert metrics["tolerance_met"] is False
+    assert metrics["promise"]["tolerance_met"] is False
+    assert len(metrics["promise"]["tries"]) == 1  # a fixed sparsity leaves nothing to back off to
     assert metrics["warnings"] == [
-        f"validation accuracy fell {100 * drop:.2f} points, more than the 1.00 that "
+        f"the finished model lost {100 * confirm['drop']:.2f} points on the confirm split "
+        f"(95% CI {100 * low:.2f} to {100 * high:.2f}), more than the 1.00 that "
         "max_accuracy_drop 0.01 allows (prune.sparsity and prune.threshold are applied as "
-        "given; without them the threshold scan keeps pruning within the tolerance)"
+        "given, so there is no pruning state to back off to; without them the threshold scan "
+        "prunes within the tolerance)"
     ]
     assert f"warning: {metrics['warnings'][0]}" in messages
-
-
-def test_a_warning_after_pruning_that_gained_says_gained() -> None:
-    pipeline = Pipeline(build_model("lenet-300-100"), CompressionSpec(), None, torch.device("cpu"))
-    pipeline.metrics |= {
-        "baseline": {"val_accuracy": 0.90},
-        "prune": {"final_accuracy": 0.92},  # retraining left the pruned model ahead
-        "final": {"val_accuracy": 0.89},
-    }
-    assert pipeline._tolerance_warning() == (
-        "validation accuracy fell 1.00 points, more than the 0.30 that max_accuracy_drop 0.003 "
-        "allows (pruning gained 2.00 points; quantization and fine-tuning lost that gain and "
-        "1.00 points more)"
-    )
 
 
 def test_a_validation_split_too_small_for_the_tolerance_is_said_at_the_start(
@@ -291,13 +283,14 @@ def test_a_validation_split_too_small_for_the_tolerance_is_said_at_the_start(
         copy.deepcopy(trained), spec, digits, CPU, lambda *event: messages.append(event[2])
     )
     pipeline.baseline()
-    (warning,) = pipeline.metrics["warnings"]
-    assert warning == (
-        "the validation split has 144 images, so one image is 0.69 points, more than the 0.30 "
+    warnings = pipeline.metrics["warnings"]
+    assert warnings == [
+        f"the {split} split has 144 images, so one image is 0.69 points, more than the 0.30 "
         "that max_accuracy_drop 0.003 allows: no decision can hold the tolerance on it (more "
         "data, or a larger max_accuracy_drop)"
-    )
-    assert f"warning: {warning}" in messages
+        for split in ("validation", "confirm")
+    ]
+    assert all(f"warning: {warning}" in messages for warning in warnings)
 
 
 def test_a_layer_pattern_that_matches_nothing_is_refused_before_any_stage(
@@ -563,5 +556,5 @@ def test_distillation_keeps_a_freshly_pruned_model_stable(
     unpruned model as teacher: the loss stays finite and accuracy comes back."""
     model = copy.deepcopy(trained)
     prune_(model, PruneConfig(sparsity=0.8))
-    train(model, digits, TrainConfig(epochs=2, lr=0.1), device=CPU, teacher=copy.deepcopy(trained))
+    train(model, digits, TrainConfig(epochs=4, lr=0.1), device=CPU, teacher=copy.deepcopy(trained))
     assert evaluate(model, digits, digits.val, device=CPU) > 0.85

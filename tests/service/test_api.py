@@ -354,7 +354,7 @@ ALLOWED_PRUNE = (
             {"surprise": True},
             "spec.surprise",
             "unknown field 'surprise' in spec (allowed: arch, num_classes, data, prune, "
-            "quantize, finetune, augment, normalize, seed, device)",
+            "quantize, finetune, promise, augment, normalize, seed, device)",
         ),
         (
             {"augment": "mixup"},

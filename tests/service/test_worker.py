@@ -14,7 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from compression import QuantConfig, build_model, load_pqz, quantize_
+from compression import QuantConfig, build_model, inspect_pqz, load_pqz, quantize_
 from db.jobs import claim, reap
 from db.models import Job, JobStatus
 from db.session import session_scope
@@ -85,8 +85,12 @@ def test_a_post_training_job_takes_its_classes_from_the_checkpoint(
     assert load_pqz(path)(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
 
 
-def test_a_pipeline_job_says_how_to_feed_its_model(
-    client: TestClient, alice: dict[str, str], settings: Settings, checkpoint_bytes: bytes
+def test_a_pipeline_job_says_how_to_feed_its_model_and_what_it_kept_of_the_promise(
+    client: TestClient,
+    alice: dict[str, str],
+    settings: Settings,
+    checkpoint_bytes: bytes,
+    tmp_path: Path,
 ) -> None:
     spec = {"prune": {"sparsity": 0.5, "retrain_epochs": 0}, "finetune": {"epochs": 0}}
     file_id = upload(client, alice, checkpoint_bytes)
@@ -97,6 +101,15 @@ def test_a_pipeline_job_says_how_to_feed_its_model(
     recipe = job["metrics"]["input"]
     assert (recipe["shape"], recipe["source_size"]) == ([1, 28, 28], [8, 8])
     assert recipe["classes"] == [str(digit) for digit in range(10)]
+    # The promise, as the library recorded it in the file, is the job's too.
+    artifact = client.get(f"/v1/jobs/{job_id}/artifact", headers=alice)
+    path = tmp_path / "job.pqz"
+    path.write_bytes(artifact.content)
+    manifest = inspect_pqz(path).metrics
+    for key in ("promise", "confirm", "test", "tolerance_met", "accuracy_drop_ci95"):
+        assert job["metrics"][key] == manifest[key], key
+    assert job["metrics"]["test"]["method"] == "newcombe-paired"
+    assert job["metrics"]["promise"]["confirm_split"] == "confirm"
 
 
 class RunsACommand:
