@@ -40,13 +40,16 @@ EPOCHS = {"fashion-mnist": 15, "mnist10k": 30}
 
 
 def override(document: dict[str, Any], setting: str) -> None:
-    """Apply one `path.to.field=json-value` to a spec document."""
+    """Apply one `path.to.field=value` (JSON, or a bare string) to a spec document."""
     path, _, value = setting.partition("=")
     *parents, name = path.split(".")
     target = document
     for parent in parents:
         target = target.setdefault(parent, {})
-    target[name] = json.loads(value)
+    try:
+        target[name] = json.loads(value)
+    except json.JSONDecodeError:  # a bare word: a string (finetune.scope=all)
+        target[name] = value
 
 
 def run(arch: str, data: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:

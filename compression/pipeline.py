@@ -24,18 +24,18 @@ from torch import nn
 from compression.config import CompressionSpec, Normalize, TrainConfig, check_patterns
 from compression.data import Dataset, normalized
 from compression.finetune import finetune
-from compression.paired import compare
+from compression.finish import finish as finish_stage
 from compression.pq import LayerQuantization, default_block_size, quantize_
 from compression.pqz import PqzInfo, save_pqz
 from compression.preprocessing import Preprocessing
-from compression.promise import Start, confirm_confidence, keep_promise
+from compression.promise import Start
 from compression.prune import (
     clone_model,
     get_mask,
     prunable_layers,
     prune_,
     stored_weight,
-    weight_of,
+    weight_sparsity,
 )
 from compression.scan import prune_by_scan_
 from compression.train import evaluate, predictions_correct, train
@@ -46,16 +46,6 @@ StageProgress = Callable[[str, float, str], None]  # (stage, fraction of the sta
 
 def _mean(verdicts: torch.Tensor) -> float:
     return int(verdicts.sum()) / max(verdicts.numel(), 1)  # as `evaluate` counts
-
-
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of zeros over all Linear and Conv2d weights."""
-    zeros = total = 0
-    for _, module, _ in prunable_layers(model):
-        weight = weight_of(module)
-        zeros += int((weight == 0).sum())
-        total += weight.numel()
-    return zeros / max(total, 1)
 
 
 def declared_input(architecture: str, normalize: Normalize | None) -> Preprocessing | None:
@@ -152,7 +142,7 @@ class Pipeline:
         self.report("baseline")(0.0, "evaluating the uncompressed model")
         self.metrics["data"] = self.dataset.name
         for split in ("val", "test"):
-            self.verdicts[split] = self._correct(self.model, split)
+            self.verdicts[split] = self.correct(self.model, split)
         self.metrics["baseline"] = {
             "val_accuracy": _mean(self.verdicts["val"]),
             "test_accuracy": _mean(self.verdicts["test"]),
@@ -164,7 +154,7 @@ class Pipeline:
             splits["confirm"] = len(self.dataset.confirm)
         for split, images in splits.items():
             if prune is not None and images and 1 / images > prune.max_accuracy_drop:
-                self._warn(
+                self.warn(
                     "baseline",
                     f"the {split} split has {images} image{'s' if images != 1 else ''}, so one "
                     f"image is {100 / images:.2f} points, more than the "
@@ -219,116 +209,13 @@ class Pipeline:
 
     def finish(self) -> None:
         """Quantize and fine-tune; with data and a tolerance, back off to earlier pruning
-        states until the finished model keeps it (compression.promise), then report the test
-        split's paired comparison."""
-        prune = self.spec.prune
-        if self.dataset is None:
-            self.quantize()
-            self.finetune()
-            return
-        starts = self.starts or [Start("the model as pruned", weight_sparsity(self.model))]
-        pruned = clone_model(self.model) if len(starts) > 1 else self.model
-        dataset = self.dataset
+        states until the finished model keeps it (see compression.finish)."""
+        finish_stage(self)
 
-        def finish_from(start: Start, index: int) -> nn.Module:
-            if index:  # the first try goes on from the model as it stands
-                self.model = clone_model(pruned)
-                if start.state is not None:
-                    self.model.load_state_dict(start.state)
-            self.quantize()
-            self.finetune()
-            return self.model
-
-        if prune is None:  # no tolerance to hold: one try, its drop only reported
-            finish_from(starts[0], 0)
-            self._final(None)
-            return
-        confirm = "confirm" if dataset.confirm is not None else "val"
-        uncompressed = self.uncompressed
-        assert uncompressed is not None, "baseline() keeps the model as it came"
-        outcome = keep_promise(
-            starts,
-            config=self.spec.promise,
-            tolerance=prune.max_accuracy_drop,
-            finish=finish_from,
-            search=lambda model: self._correct(model, "val"),
-            confirm=lambda model: self._correct(model, confirm),
-            baseline_search=self.verdicts["val"],
-            baseline_confirm=lambda: self._correct(uncompressed, confirm),
-            report=lambda message: self.report("finetune")(1.0, message),
-        )
-        self.model = outcome.model
-        self.metrics["promise"] = {
-            "max_accuracy_drop": prune.max_accuracy_drop,
-            "hold_on": self.spec.promise.hold_on,
-            "max_tries": self.spec.promise.max_tries,
-            "confirm_split": confirm,
-            "confirm_confidence": round(confirm_confidence(self.spec.promise), 6),
-            "tolerance_met": outcome.tolerance_met,
-            "looks": outcome.looks,
-            "tries": outcome.tries,
-            **({"reason": outcome.reason} if outcome.reason else {}),
-        }
-        if confirm == "val":
-            self._warn(
-                "finetune",
-                "the data set has no confirm split: the validation split that made the "
-                "decisions judged the result too, so its drop is likely optimistic",
-            )
-        self._final(outcome.tries[-1]["confirm"])
-        if not outcome.tolerance_met:
-            self._warn("finetune", self._tolerance_warning(outcome.reason))
-
-    def _warn(self, stage: str, warning: str) -> None:
+    def warn(self, stage: str, warning: str) -> None:
         """Kept in the manifest's metrics, and said as an event (the CLI prints it)."""
         self.metrics.setdefault("warnings", []).append(warning)
         self.report(stage)(1.0, f"warning: {warning}")
-
-    def _final(self, confirmed: dict[str, Any] | None) -> None:
-        """The finished model's paired comparisons with the baseline, the test split's only
-        reported: no decision reads it."""
-        val = compare(self.verdicts["val"], self._correct(self.model, "val"))
-        test = compare(self.verdicts["test"], self._correct(self.model, "test"))
-        self.metrics["final"] = {
-            "val_accuracy": val.accuracy,
-            "test_accuracy": test.accuracy,
-            "test_samples": test.n,
-        }
-        self.metrics["test"] = test.to_dict()
-        self.metrics["accuracy_drop"] = test.drop
-        self.metrics["accuracy_drop_ci95"] = self.metrics["test"]["drop_ci95"]
-        if confirmed is not None:
-            self.metrics["confirm"] = confirmed
-            self.metrics["tolerance_met"] = self.metrics["promise"]["tolerance_met"]
-
-    def _tolerance_warning(self, reason: str) -> str:
-        """Said when even the least compressed candidate tried missed the tolerance."""
-        prune = self.spec.prune
-        assert prune is not None
-        judged = self.metrics["confirm"]
-        low, high = judged["drop_ci95"]
-        pruned = self.metrics.get("prune", {})
-        lost = self.metrics["baseline"]["val_accuracy"] - pruned.get("final_accuracy", 1.0)
-        if prune.sparsity is not None or prune.threshold is not None:
-            why = (
-                "prune.sparsity and prune.threshold are applied as given, so there is no "
-                "pruning state to back off to; without them the threshold scan prunes within "
-                "the tolerance"
-            )
-        elif "fixed_accuracy" in pruned and lost > prune.max_accuracy_drop:
-            why = (
-                f"pruning lost {100 * lost:.2f}: the layers that prune.modules gives a sparsity "
-                f"or threshold ({', '.join(pruned.get('fixed_layers', []))}) are pruned as "
-                "given, and the scan pruned nothing more"
-            )
-        else:
-            why = reason
-        return (
-            f"the finished model lost {100 * judged['drop']:.2f} points on the "
-            f"{self.metrics['promise']['confirm_split']} split (95% CI {100 * low:.2f} to "
-            f"{100 * high:.2f}), more than the {100 * prune.max_accuracy_drop:.2f} that "
-            f"max_accuracy_drop {prune.max_accuracy_drop} allows ({why})"
-        )
 
     def package(
         self, output: str | os.PathLike[str], *, architecture: str, num_classes: int
@@ -402,7 +289,9 @@ class Pipeline:
             augment=self.spec.augment,
         )
 
-    def _correct(self, model: nn.Module, split: str) -> torch.Tensor:
+    def correct(self, model: nn.Module, split: str) -> torch.Tensor:
+        """Per image of the data set's `split` ("val", "confirm", "test"), whether `model` is
+        right: (n,) bool."""
         assert self.dataset is not None
         part = getattr(self.dataset, split)
         return predictions_correct(model, self.dataset, part, device=self.device)

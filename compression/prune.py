@@ -238,3 +238,13 @@ def _apply_mask(name: str, module: nn.Module, keep: torch.Tensor) -> LayerPrunin
         n_pruned=int((~existing).sum()),
         threshold=float(pruned.max()) if pruned.numel() else 0.0,
     )
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over all Linear and Conv2d weights."""
+    zeros = total = 0
+    for _, module, _ in prunable_layers(model):
+        weight = weight_of(module)
+        zeros += int((weight == 0).sum())
+        total += weight.numel()
+    return zeros / max(total, 1)
