@@ -124,11 +124,11 @@ class PruneSpec(LayerRules):
     module_types: dict[str, PruneRule | None] = Field(default_factory=dict)
     modules: dict[str, PruneRule | None] = Field(default_factory=dict)
     max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0), AsGiven] = 0.003
-    rounds: Annotated[int, Field(ge=0, le=100)] = 6
-    retrain_epochs: Epochs = 2.0
-    retrain_lr: LearningRate = 0.01
+    rounds: Annotated[int, Field(ge=0, le=100)] = 12
+    retrain_epochs: Epochs = 3.0
+    retrain_lr: LearningRate = 0.02
     scan_samples: Annotated[int, Field(ge=0, le=1 << 30)] = 2000
-    distill: bool = False
+    distill: bool = True
 
     def model_post_init(self, context: object) -> None:
         if self.sparsity is not None and self.threshold is not None:
@@ -161,9 +161,9 @@ class FinetuneSpec(Strict):
     epochs: Epochs = 2.0
     lr: LearningRate = 1e-3
     batch_size: Annotated[int, Field(ge=1, le=1 << 16)] = 128
-    distill: bool = False
-    scope: Literal["codebooks", "all"] = "codebooks"
-    layerwise_epochs: Epochs = 0.0
+    distill: bool = True
+    scope: Literal["codebooks", "all"] = "all"
+    layerwise_epochs: Epochs = 1.0
 
 
 class PromiseSpec(Strict):

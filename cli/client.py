@@ -34,6 +34,7 @@ from cli.spec_options import (
     AugmentOption,
     BlockSizeOption,
     CentroidsOption,
+    FastOption,
     MaxDropOption,
     MeanOption,
     MethodOption,
@@ -157,6 +158,7 @@ def submit(
     augment: AugmentOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
+    fast: FastOption = False,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     json_output: JsonOption = False,
@@ -173,6 +175,7 @@ def submit(
         augment=augment,
         mean=mean,
         std=std,
+        fast=fast,
     )
     require_file(checkpoint)
     body: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from cli.spec_options import (
     AugmentOption,
     BlockSizeOption,
     CentroidsOption,
+    FastOption,
     MaxDropOption,
     MeanOption,
     MethodOption,
@@ -297,6 +298,7 @@ def compress(
     augment: AugmentOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
+    fast: FastOption = False,
     spec: Annotated[Path | None, typer.Option(help="JSON job spec (see README).")] = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
@@ -316,6 +318,7 @@ def compress(
         augment=augment,
         mean=mean,
         std=std,
+        fast=fast,
     )
     check_output(output, force=force, source=checkpoint)
     from compression import load_checkpoint

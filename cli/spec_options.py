@@ -81,6 +81,23 @@ ScalarOption = Annotated[
 ]
 
 
+# `--fast`: the cheap path. Fewer and shorter pruning rounds without distillation, and only the
+# codebooks fine-tuned, all layers quantized at once: a few times quicker than the defaults,
+# which the promise needs to keep the ratio (bench/RESULTS.md, "The promise").
+FAST: dict[str, dict[str, Any]] = {
+    "prune": {"rounds": 6, "retrain_epochs": 2.0, "retrain_lr": 0.01, "distill": False},
+    "finetune": {"scope": "codebooks", "distill": False, "layerwise_epochs": 0.0},
+}
+FastOption = Annotated[
+    bool,
+    typer.Option(
+        "--fast",
+        help="The cheap path: fewer, shorter pruning rounds and codebook-only fine-tuning "
+        "(a lower ratio for the same tolerance).",
+    ),
+]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SpecOptions:
     """The command line's spec settings; None keeps the spec file's (or the default) value."""
@@ -95,6 +112,7 @@ class SpecOptions:
     augment: Augmentation | None = None
     mean: str | None = None
     std: str | None = None
+    fast: bool = False
 
     def __post_init__(self) -> None:
         if self.sparsity is not None and self.threshold is not None:
@@ -109,6 +127,7 @@ class SpecOptions:
         for option, value in (
             ("--max-accuracy-drop", self.max_accuracy_drop),
             ("--augment", self.augment),
+            ("--fast", self.fast or None),
         ):
             if value is not None:
                 fail(
@@ -134,7 +153,12 @@ class SpecOptions:
         }
         quantize = {key: value for key, value in quantize.items() if value is not None}
         merged = dict(spec)
-        for section, values in (("prune", prune), ("quantize", quantize)):
+        if self.fast and not ("prune" in spec and spec["prune"] is None):  # prune: null stays
+            prune = {**FAST["prune"], **prune}
+        sections = [("prune", prune), ("quantize", quantize)]
+        if self.fast:
+            sections.append(("finetune", FAST["finetune"]))
+        for section, values in sections:
             base = merged.get(section)
             if values and (base is None or isinstance(base, dict)):
                 merged[section] = {**(base or {}), **values}

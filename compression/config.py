@@ -172,11 +172,11 @@ class PruneConfig:
     module_types: Mapping[str, PruneRule | None] = field(default_factory=dict)
     modules: Mapping[str, PruneRule | None] = field(default_factory=dict)
     max_accuracy_drop: float = 0.003
-    rounds: int = 6
-    retrain_epochs: float = 2.0
-    retrain_lr: float = 0.01
+    rounds: int = 12
+    retrain_epochs: float = 3.0
+    retrain_lr: float = 0.02
     scan_samples: int = 2000
-    distill: bool = False
+    distill: bool = True
 
     def __post_init__(self) -> None:
         if self.sparsity is not None or self.threshold is not None:
@@ -363,9 +363,9 @@ class FinetuneConfig:
     epochs: float = 2.0
     lr: float = 1e-3
     batch_size: int = 128
-    distill: bool = False
-    scope: Literal["codebooks", "all"] = "codebooks"
-    layerwise_epochs: float = 0.0
+    distill: bool = True
+    scope: Literal["codebooks", "all"] = "all"
+    layerwise_epochs: float = 1.0
 
     def __post_init__(self) -> None:
         check_number(self.epochs, "finetune epochs", low=0.0, high=10_000.0)

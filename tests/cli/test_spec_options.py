@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.spec_options import Augmentation, Method, SpecOptions
+from cli.spec_options import FAST, Augmentation, Method, SpecOptions
+from compression import CompressionSpec
 
 
 def test_options_replace_the_files_values_and_keep_the_rest() -> None:
@@ -42,6 +43,22 @@ def test_no_options_change_nothing_and_a_null_prune_section_takes_them() -> None
     }
 
 
+def test_fast_is_the_cheap_preset_under_the_explicit_options() -> None:
+    document = {"prune": {"rounds": 3, "max_accuracy_drop": 0.01}, "finetune": {"epochs": 1}}
+    fast = SpecOptions(fast=True, max_accuracy_drop=0.005).apply(document)
+    assert fast["prune"] == {**FAST["prune"], "max_accuracy_drop": 0.005}  # the option wins
+    assert fast["finetune"] == {"epochs": 1, **FAST["finetune"]}
+    spec = CompressionSpec.from_dict(fast)  # a valid spec, cheaper than the defaults
+    default = CompressionSpec()
+    assert spec.finetune.layerwise_epochs < default.finetune.layerwise_epochs
+    assert spec.prune is not None
+    assert default.prune is not None
+    assert spec.prune.retrain_epochs * spec.prune.rounds < (
+        default.prune.retrain_epochs * default.prune.rounds
+    )
+    assert SpecOptions(fast=True).apply({"prune": None})["prune"] is None  # no pruning stays
+
+
 def test_a_section_that_is_not_an_object_is_left_for_validation_to_name() -> None:
     document = {"quantize": [1, 2]}
     assert SpecOptions(centroids=16).apply(document) == {"quantize": [1, 2]}
@@ -59,6 +76,7 @@ def test_sparsity_and_threshold_together_are_refused(capsys: pytest.CaptureFixtu
     [
         (SpecOptions(max_accuracy_drop=0.01), "--max-accuracy-drop"),
         (SpecOptions(augment=Augmentation.shift), "--augment"),
+        (SpecOptions(fast=True), "--fast"),
     ],
 )
 def test_an_option_only_data_uses_is_refused_without_data_not_ignored(

@@ -165,9 +165,17 @@ def test_the_pipeline_backs_off_until_the_finished_model_holds_on_the_confirm_sp
 
     spec = CompressionSpec(
         data="digits",
-        prune=PruneConfig(max_accuracy_drop=0.05, rounds=4, retrain_epochs=0.5, scan_samples=0),
+        prune=PruneConfig(
+            max_accuracy_drop=0.05,
+            rounds=4,
+            retrain_epochs=0.5,
+            retrain_lr=0.01,
+            scan_samples=0,
+            distill=False,
+        ),
         quantize=QuantConfig(n_centroids=32),
-        finetune=FinetuneConfig(epochs=0.5),
+        # The cheap finish (`--fast`'s): it cannot make up for 32 centroids on a sparse model.
+        finetune=FinetuneConfig(epochs=0.5, scope="codebooks", distill=False, layerwise_epochs=0),
     )
     info = pipeline_module.compress_model(
         copy.deepcopy(trained),

@@ -32,9 +32,9 @@ def test_shares_cover_the_job_in_stage_order(spec: CompressionSpec, with_data: b
 
 
 def test_layerwise_training_gives_the_quantize_stage_its_weight() -> None:
-    at_once = stage_shares(CompressionSpec(), 4, True)
+    at_once = stage_shares(CompressionSpec(finetune=FinetuneConfig(layerwise_epochs=0)), 4, True)
     layerwise = stage_shares(CompressionSpec(finetune=FinetuneConfig(layerwise_epochs=2)), 4, True)
-    # Default spec: 6 rounds of 2 epochs and a scan each, 2 fine-tuning epochs, k-means.
+    # All layers at once: 12 rounds of 3 epochs and a scan each, 2 fine-tuning epochs, k-means.
     assert at_once["prune"] > at_once["finetune"] > at_once["quantize"]
     # Layer-wise: 3 training runs of 2 epochs between 4 layers, more than fine-tuning's 2.
     assert layerwise["quantize"] > layerwise["finetune"]
