@@ -375,7 +375,11 @@ def test_a_model_trained_on_other_inputs_says_so_with_mean_and_std(tmp_path: Pat
     assert json.loads(evaluated.stdout)["accuracy"] == json.loads(trained.stdout)["accuracy"]
     out = tmp_path / "plain.pqz"
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"prune": {"retrain_epochs": 0}, "finetune": {"epochs": 0, "layerwise_epochs": 0}}))
+    spec.write_text(
+        json.dumps(
+            {"prune": {"retrain_epochs": 0}, "finetune": {"epochs": 0, "layerwise_epochs": 0}}
+        )
+    )
     options = ("--sparsity", "0.5", "--spec", str(spec), *scale, "--json", "-o", str(out))
     compressed = run("compress", str(model), *arch, *options)
     assert compressed.returncode == 0, compressed.stderr

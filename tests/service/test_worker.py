@@ -92,7 +92,10 @@ def test_a_pipeline_job_says_how_to_feed_its_model_and_what_it_kept_of_the_promi
     checkpoint_bytes: bytes,
     tmp_path: Path,
 ) -> None:
-    spec = {"prune": {"sparsity": 0.5, "retrain_epochs": 0}, "finetune": {"epochs": 0, "layerwise_epochs": 0}}
+    spec = {
+        "prune": {"sparsity": 0.5, "retrain_epochs": 0},
+        "finetune": {"epochs": 0, "layerwise_epochs": 0},
+    }
     file_id = upload(client, alice, checkpoint_bytes)
     job_id = submit(client, alice, file_id, data="digits", **spec)["id"]
     run_job(job_id, settings, worker="test-worker")
