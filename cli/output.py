@@ -143,11 +143,11 @@ def print_pipeline(
     warnings `said` during the run are not repeated."""
     if "final" in metrics:
         drop = 100 * metrics["accuracy_drop"]
-        change = f"drop {drop:.2f} points" if drop >= 0 else f"a gain of {-drop:.2f} points"
+        gain = ": a gain" if drop < 0 else ""
         console.print(
             f"test accuracy {metrics['baseline']['test_accuracy']:.4f} -> "
             f"{metrics['final']['test_accuracy']:.4f} on {metrics['final']['test_samples']} images "
-            f"({change}{_interval(metrics.get('test'))}), weight sparsity "
+            f"(drop {drop:.2f} points{_interval(metrics.get('test'))}{gain}), weight sparsity "
             f"{metrics['weight_sparsity']:.1%}",
             highlight=False,
         )
@@ -165,9 +165,13 @@ def print_pipeline(
         )
     elif rounds is not None:
         kept = sum(1 for entry in rounds if entry["kept"])
+        reached = f", {pruned['sparsity']:.1%} of the weights" if "sparsity" in pruned else ""
+        tries = len((metrics.get("promise") or {}).get("tries", []))
+        backed = "; the finish backed off from there (the tolerance line says to where)"
         console.print(
-            f"pruning: {kept} of {len(rounds)} rounds kept (a round is undone when validation "
-            f"accuracy falls more than {100 * tolerance:.2f} points below the baseline)",
+            f"pruning: {kept} of {len(rounds)} rounds kept{reached} (a round is undone when "
+            f"validation accuracy falls more than {100 * tolerance:.2f} points below the "
+            f"baseline){backed if tries > 1 else ''}",
             highlight=False,
         )
     for layer in (metrics.get("quantize") or {}).get("layers", []):
@@ -181,21 +185,46 @@ def print_pipeline(
 
 
 def print_promise(metrics: dict[str, Any]) -> None:
-    """How the finished model was held to max_accuracy_drop: the confirm split's verdict."""
+    """How the finished model was held to max_accuracy_drop: the confirm split's verdict on the
+    interval that decided it, how many candidates it judged, and where the result came from."""
     promise, confirm = metrics.get("promise"), metrics.get("confirm")
     if promise is None or confirm is None:
         return
-    tries = promise["tries"]
-    backed = f"after {len(tries)} tries, from {tries[-1]['start']}" if len(tries) > 1 else ""
+    tries, looks = promise["tries"], promise["looks"]
+    chosen = tries[-1]
+    source = f"from {chosen['start']} ({chosen['sparsity']:.1%} of the weights pruned)"
+    backed = f"after {len(tries)} tries, {source}" if len(tries) > 1 else source
     verdict = "kept" if promise["tolerance_met"] else "missed"
-    rule = "its estimate" if promise["hold_on"] == "estimate" else "its interval's upper bound"
+    if promise["hold_on"] == "estimate":
+        rule, confidence = "its estimate", 0.95
+        low, high = confirm["drop_ci95"]
+    else:  # the interval that decided, widened for the looks
+        rule, confidence = "its interval's upper bound", confirm["decision_confidence"]
+        low, high = confirm["decision_interval"]
+    judged = f"{looks} candidates judged on it" if looks != 1 else "one candidate judged on it"
     console.print(
-        f"tolerance {100 * promise['max_accuracy_drop']:.2f} points {verdict} on "
-        f"{rule}: the {promise['confirm_split']} split ({confirm['n']} images no decision saw) "
-        f"lost {100 * confirm['drop']:.2f} points{_interval(confirm)}"
-        + (f", {backed}" if backed else ""),
+        f"tolerance {100 * promise['max_accuracy_drop']:.2f} points {verdict} on {rule}: the "
+        f"{promise['confirm_split']} split ({confirm['n']} images held out from every search, "
+        f"{judged}) lost {100 * confirm['drop']:.2f} points ({100 * confidence:g}% CI "
+        f"{100 * low:.2f} to {100 * high:.2f}), {backed}",
         highlight=False,
     )
+
+
+def print_against(result: dict[str, Any], against: Path) -> None:
+    """`pqz eval --against`'s paired comparison, in words."""
+    low, high = result["drop_ci95"]
+    console.print(
+        f"against {against}: {result['baseline_accuracy']:.4f} on the same images, a drop "
+        f"of {100 * result['drop']:.2f} points (95% CI {100 * low:.2f} to "
+        f"{100 * high:.2f}, {result['method']}): {_images(result['lost'])} lost, "
+        f"{_images(result['gained'])} gained",
+        highlight=False,
+    )
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
 
 
 def _interval(comparison: dict[str, Any] | None) -> str:

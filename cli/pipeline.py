@@ -21,6 +21,7 @@ from cli.output import (
     errors,
     fail,
     layer_table,
+    print_against,
     print_input,
     print_json,
     print_pipeline,
@@ -262,14 +263,7 @@ def evaluate(
             f"test accuracy {result['accuracy']:.4f} on {result['n']} images", highlight=False
         )
         if against is not None:
-            low, high = result["drop_ci95"]
-            console.print(
-                f"against {against}: {result['baseline_accuracy']:.4f} on the same images, a drop "
-                f"of {100 * result['drop']:.2f} points (95% CI {100 * low:.2f} to "
-                f"{100 * high:.2f}, {result['method']}): {result['lost']} images lost, "
-                f"{result['gained']} gained",
-                highlight=False,
-            )
+            print_against(result, against)
         if "kernels" in result:
             kernels = ", ".join(f"{k} {n}" for k, n in sorted(result["kernels"].items()))
             note = f" ({result['runtime_note']})" if "runtime_note" in result else ""

@@ -464,7 +464,7 @@ class PromiseConfig:
     max_tries: int = 4
 
     def __post_init__(self) -> None:
-        check_choice(self.hold_on, "promise hold_on", ("estimate", "upper_bound"))
+        check_choice(self.hold_on, "hold_on", ("estimate", "upper_bound"))
         check_number(self.max_tries, "promise max_tries", low=1, high=20, integer=True)
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,10 +8,13 @@ comparison in the pipeline's metrics.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from compression.config import MAX_CENTROIDS, QuantConfig, QuantRule
 from compression.paired import compare
 from compression.promise import Start, confirm_confidence, keep_promise
 from compression.prune import clone_model, weight_sparsity
@@ -29,6 +32,10 @@ def finish(pipeline: Pipeline) -> None:
         pipeline.finetune()
         return
     starts = pipeline.starts or [Start("the model as pruned", weight_sparsity(pipeline.model))]
+    if prune is not None:  # the last resort: the least compressed state, quantized more finely
+        least = starts[-1]
+        finest = Start(f"{least.label}, finer quantization", least.sparsity, least.state, True)
+        starts = [*starts, finest]
     pruned = clone_model(pipeline.model) if len(starts) > 1 else pipeline.model
 
     def finish_from(start: Start, index: int) -> nn.Module:
@@ -36,6 +43,9 @@ def finish(pipeline: Pipeline) -> None:
             pipeline.model = clone_model(pruned)
             if start.state is not None:
                 pipeline.model.load_state_dict(start.state)
+        if start.finer:
+            quantize = finer(pipeline.spec.quantize, pipeline.metrics["quantize"]["layers"])
+            pipeline.spec = dataclasses.replace(pipeline.spec, quantize=quantize)
         pipeline.quantize()
         pipeline.finetune()
         return pipeline.model
@@ -81,6 +91,23 @@ def finish(pipeline: Pipeline) -> None:
         pipeline.warn("finetune", tolerance_warning(pipeline, outcome.reason))
 
 
+def finer(config: QuantConfig, layers: list[dict[str, Any]]) -> QuantConfig:
+    """`config` with a rule per layer that quantizes it more finely than `layers` (the last
+    try's results) say it was: PQ with half the sub-vector size (d = 4 becomes 2, 9 becomes 4),
+    scalar k-means with four times the levels (at most 256). Layers kept in float stay so."""
+    rules: dict[str, QuantRule | None] = {}
+    for layer in layers:
+        pattern = re.escape(layer["name"].removesuffix(".weight"))
+        if layer["encoding"] == "pq" and (layer["block_size"] or 1) > 1:
+            rules[pattern] = QuantRule(method="pq", block_size=max(1, layer["block_size"] // 2))
+        elif layer["encoding"] == "kmeans":
+            levels = min(MAX_CENTROIDS, 4 * (layer["n_centroids"] or 1))
+            rules[pattern] = QuantRule(method="kmeans", n_centroids=max(levels, 2))
+    # The first matching pattern wins: the per-layer rules go before the user's own.
+    kept = {pattern: rule for pattern, rule in config.modules.items() if pattern not in rules}
+    return dataclasses.replace(config, modules={**rules, **kept})
+
+
 def report(pipeline: Pipeline, confirmed: dict[str, Any] | None) -> None:
     """The finished model's paired comparisons with the baseline; the test split's only
     reported: no decision reads it."""
@@ -104,8 +131,17 @@ def tolerance_warning(pipeline: Pipeline, reason: str) -> str:
     """Said when even the least compressed candidate tried missed the tolerance."""
     prune, metrics = pipeline.spec.prune, pipeline.metrics
     assert prune is not None
-    judged = metrics["confirm"]
+    judged, promise = metrics["confirm"], metrics["promise"]
     low, high = judged["drop_ci95"]
+    what = f"lost {100 * judged['drop']:.2f} points"
+    interval = f"95% CI {100 * low:.2f} to {100 * high:.2f}"
+    if promise["hold_on"] == "upper_bound":  # the interval that decided, not the 95% one
+        low, high = judged["decision_interval"]
+        what = f"may have lost up to {100 * high:.2f} points"
+        interval = (
+            f"lost {100 * judged['drop']:.2f}, {100 * judged['decision_confidence']:g}% CI "
+            f"{100 * low:.2f} to {100 * high:.2f}"
+        )
     pruned = metrics.get("prune", {})
     lost = metrics["baseline"]["val_accuracy"] - pruned.get("final_accuracy", 1.0)
     if prune.sparsity is not None or prune.threshold is not None:
@@ -122,8 +158,7 @@ def tolerance_warning(pipeline: Pipeline, reason: str) -> str:
     else:
         why = reason
     return (
-        f"the finished model lost {100 * judged['drop']:.2f} points on the "
-        f"{metrics['promise']['confirm_split']} split (95% CI {100 * low:.2f} to "
-        f"{100 * high:.2f}), more than the {100 * prune.max_accuracy_drop:.2f} that "
-        f"max_accuracy_drop {prune.max_accuracy_drop} allows ({why})"
+        f"the finished model {what} on the {promise['confirm_split']} split ({interval}), more "
+        f"than the {100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop "
+        f"{prune.max_accuracy_drop} allows ({why})"
     )

@@ -159,8 +159,9 @@ class Pipeline:
                     f"the {split} split has {images} image{'s' if images != 1 else ''}, so one "
                     f"image is {100 / images:.2f} points, more than the "
                     f"{100 * prune.max_accuracy_drop:.2f} that max_accuracy_drop "
-                    f"{prune.max_accuracy_drop} allows: no decision can hold the tolerance on "
-                    "it (more data, or a larger max_accuracy_drop)",
+                    f"{prune.max_accuracy_drop} allows: one image lost there misses the "
+                    "tolerance, so the decisions made on it are coarse (more data, or a larger "
+                    "max_accuracy_drop)",
                 )
         self.uncompressed = clone_model(self.model).eval()
         if self.spec.finetune.distill or (prune is not None and prune.distill):
@@ -350,7 +351,7 @@ class Pipeline:
 
         def keep(round_kept: int) -> None:
             sparsity = weight_sparsity(model)
-            label = f"round {round_kept}" if round_kept else "the unscanned model"
+            label = f"pruning round {round_kept}" if round_kept else "the unscanned model"
             if not round_kept and sparsity == 0:
                 label = "the unpruned model"
             state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}

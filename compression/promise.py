@@ -28,9 +28,11 @@ Verdicts = Callable[[nn.Module], torch.Tensor]  # model -> (n,) bool, right or w
 class Start:
     """A pruning state the pipeline can finish from (a kept round), most compressed first."""
 
-    label: str  # "round 3", "before pruning", ...
+    label: str  # "pruning round 3", "the unpruned model", ...
     sparsity: float  # of all prunable weights
     state: Mapping[str, torch.Tensor] | None = None  # None: the model as it stands now
+    # Quantize more finely than the try before: half the sub-vector size, more scalar levels.
+    finer: bool = False
 
 
 @dataclass(slots=True)

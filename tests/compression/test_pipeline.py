@@ -268,7 +268,13 @@ def test_a_model_that_lost_more_than_the_tolerance_says_so(
     low, high = confirm["drop_ci95"]
     assert metrics["tolerance_met"] is False
     assert metrics["promise"]["tolerance_met"] is False
-    assert len(metrics["promise"]["tries"]) == 1  # a fixed sparsity leaves nothing to back off to
+    # A fixed sparsity leaves no pruning state to back off to: only finer quantization.
+    tries = metrics["promise"]["tries"]
+    assert [entry["start"] for entry in tries] == [
+        "the model as pruned",
+        "the model as pruned, finer quantization",
+    ]
+    assert info.spec["quantize"]["modules"]  # the file's spec says how it was quantized
     assert metrics["warnings"] == [
         f"the finished model lost {100 * confirm['drop']:.2f} points on the confirm split "
         f"(95% CI {100 * low:.2f} to {100 * high:.2f}), more than the 1.00 that "
@@ -291,8 +297,8 @@ def test_a_validation_split_too_small_for_the_tolerance_is_said_at_the_start(
     warnings = pipeline.metrics["warnings"]
     assert warnings == [
         f"the {split} split has 144 images, so one image is 0.69 points, more than the 0.30 "
-        "that max_accuracy_drop 0.003 allows: no decision can hold the tolerance on it (more "
-        "data, or a larger max_accuracy_drop)"
+        "that max_accuracy_drop 0.003 allows: one image lost there misses the tolerance, so the "
+        "decisions made on it are coarse (more data, or a larger max_accuracy_drop)"
         for split in ("validation", "confirm")
     ]
     assert all(f"warning: {warning}" in messages for warning in warnings)

@@ -12,8 +12,16 @@ from torch import nn
 
 import compression.pipeline as pipeline_module
 from compression import CompressionSpec, build_model, load_pqz
-from compression.config import FinetuneConfig, PromiseConfig, PruneConfig, QuantConfig, TrainConfig
+from compression.config import (
+    FinetuneConfig,
+    PromiseConfig,
+    PruneConfig,
+    QuantConfig,
+    QuantRule,
+    TrainConfig,
+)
 from compression.data import Dataset, Split, fit_to, load_dataset
+from compression.finish import finer
 from compression.promise import Start, confirm_confidence, keep_promise
 from compression.train import evaluate, train
 
@@ -124,6 +132,26 @@ def test_max_tries_bounds_the_back_off_and_says_what_was_left() -> None:
     ]
     assert not outcome.tolerance_met
     assert "promise.max_tries 2 left 1 less compressed state untried" in outcome.reason
+
+
+def test_finer_quantization_halves_each_sub_vector_and_quadruples_scalar_levels() -> None:
+    layers = [
+        {"name": "conv1", "encoding": "pq", "block_size": 9, "n_centroids": 256},
+        {"name": "fc1.weight", "encoding": "pq", "block_size": 1, "n_centroids": 256},
+        {"name": "fc2", "encoding": "kmeans", "block_size": None, "n_centroids": 16},
+        {"name": "fc3", "encoding": "kmeans", "block_size": None, "n_centroids": 128},
+        {"name": "out", "encoding": "float16", "block_size": None, "n_centroids": None},
+    ]
+    user = QuantConfig(modules={"fc.*": QuantRule(method="kmeans", n_centroids=16)})
+    config = finer(user, layers)
+    assert config.modules == {
+        "conv1": QuantRule(method="pq", block_size=4),
+        "fc2": QuantRule(method="kmeans", n_centroids=64),
+        "fc3": QuantRule(method="kmeans", n_centroids=256),  # at most 256 levels
+        "fc.*": QuantRule(method="kmeans", n_centroids=16),  # after: the first match wins
+    }
+    assert list(config.modules)[-1] == "fc.*"
+    assert (config.method, config.block_size) == (user.method, user.block_size)
 
 
 # The pipeline on real data: tiny codebooks push the most pruned state past the tolerance.
