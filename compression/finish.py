@@ -99,10 +99,10 @@ def finer(config: QuantConfig, layers: list[dict[str, Any]]) -> QuantConfig:
     for layer in layers:
         pattern = re.escape(layer["name"].removesuffix(".weight"))
         if layer["encoding"] == "pq" and (layer["block_size"] or 1) > 1:
-            rules[pattern] = QuantRule(method="pq", block_size=max(1, layer["block_size"] // 2))
+            rules[pattern] = QuantRule(method="pq", block_size=layer["block_size"] // 2)
         elif layer["encoding"] == "kmeans":
-            levels = min(MAX_CENTROIDS, 4 * (layer["n_centroids"] or 1))
-            rules[pattern] = QuantRule(method="kmeans", n_centroids=max(levels, 2))
+            levels = min(MAX_CENTROIDS, 4 * layer["n_centroids"])
+            rules[pattern] = QuantRule(method="kmeans", n_centroids=levels)
     # The first matching pattern wins: the per-layer rules go before the user's own.
     kept = {pattern: rule for pattern, rule in config.modules.items() if pattern not in rules}
     return dataclasses.replace(config, modules={**rules, **kept})
