@@ -129,6 +129,7 @@ class PruneSpec(LayerRules):
     retrain_lr: LearningRate = 0.02
     scan_samples: Annotated[int, Field(ge=0, le=1 << 30)] = 2000
     distill: bool = True
+    gradual: Annotated[float, Field(ge=0.0, le=1.0), AsGiven] = 0.5
 
     def model_post_init(self, context: object) -> None:
         if self.sparsity is not None and self.threshold is not None:

@@ -164,6 +164,8 @@ class PruneConfig:
     `max_accuracy_drop` (0.003 = 0.3 points) of the baseline. `scan_samples` validation images
     score each point of a curve (0 = all). `distill=true` makes the retraining learn from the
     unpruned model's soft predictions too (temperature 4), as the fine-tuning's `distill` does.
+    `gradual=0.5` reaches a round's sparsity gradually over the first half of its retraining
+    (a cubic ramp, Zhu & Gupta 2017); 0 prunes at once and retrains.
     """
 
     sparsity: float | None = None
@@ -177,6 +179,7 @@ class PruneConfig:
     retrain_lr: float = 0.02
     scan_samples: int = 2000
     distill: bool = True
+    gradual: float = 0.5
 
     def __post_init__(self) -> None:
         if self.sparsity is not None or self.threshold is not None:
@@ -188,6 +191,7 @@ class PruneConfig:
         check_number(self.retrain_epochs, "retrain_epochs", low=0.0, high=10_000.0)
         check_number(self.retrain_lr, "retrain_lr", low=0.0, high=10.0)
         check_number(self.scan_samples, "scan_samples", low=0, high=1 << 30, integer=True)
+        check_number(self.gradual, "gradual", low=0.0, high=1.0)
         if not isinstance(self.distill, bool):
             raise InvalidConfigError(
                 f"prune distill must be true or false, got {shown(self.distill)}"

@@ -332,7 +332,9 @@ class Pipeline:
         def val_score(candidate: nn.Module) -> float:
             return evaluate(candidate, dataset, dataset.val, device=device)
 
-        def retrain_round(candidate: nn.Module, round_index: int) -> None:
+        def retrain_round(
+            candidate: nn.Module, round_index: int, before_step: Callable[[float], None] | None
+        ) -> None:
             def within_round(fraction: float, message: str) -> None:
                 # The stage's progress runs over the rounds: retraining is a slice of one.
                 report(
@@ -347,6 +349,7 @@ class Pipeline:
                 seed=self.spec.seed + round_index,
                 teacher=teacher,
                 progress=within_round,
+                before_step=before_step,
             )
 
         def keep(round_kept: int) -> None:

@@ -52,7 +52,9 @@ LEVELS = (
 
 _SCANNED = PruneRule(sparsity=0.0)  # marks "no override: scan this layer" (compared by identity)
 Score = Callable[[nn.Module], float]  # model -> validation accuracy (0..1)
-Retrain = Callable[[nn.Module, int], None]  # (model, round) -> None, trains in place
+Step = Callable[[float], None]  # fraction of the retraining's steps done -> None
+# (model, round, before each step or None) -> None, trains in place
+Retrain = Callable[[nn.Module, int, Step | None], None]
 Report = Callable[[float, str], None]
 Keep = Callable[[int], None]  # round kept (0: before any scanned round), model in that state
 
@@ -176,7 +178,7 @@ def prune_by_scan_(
         # scan prunes the others within what those left of the tolerance.
         if report is not None:
             report(0.0, f"{', '.join(fixed)} pruned as the spec fixes; retraining")
-        retrain(model, 0)
+        retrain(model, 0, None)
         result.final_accuracy = result.fixed_accuracy = val_score(model)
         result.fixed_layers = fixed
         if baseline - result.final_accuracy > config.max_accuracy_drop:
@@ -215,8 +217,13 @@ def prune_by_scan_(
             break
         while targets and attempts < config.rounds:
             rules = {re.escape(name): PruneRule(sparsity=level) for name, level in targets.items()}
+            if config.gradual > 0:
+                retrain(model, attempts, _ramp(model, current, targets, config.gradual, sizes))
+            else:
+                prune_(model, PruneConfig(modules=rules), block_sizes=sizes)
+                retrain(model, attempts, None)
+            # The targets exactly, whatever steps the retraining took (none: no epochs).
             prune_(model, PruneConfig(modules=rules), block_sizes=sizes)
-            retrain(model, attempts)
             accuracy = val_score(model)
             kept = baseline - accuracy <= config.max_accuracy_drop
             attempts += 1
@@ -260,6 +267,36 @@ def prune_by_scan_(
         else:
             break
     return result
+
+
+def _ramp(
+    model: nn.Module,
+    start: Mapping[str, float],
+    targets: Mapping[str, float],
+    span: float,
+    sizes: Mapping[str, int],
+    steps: int = 16,
+) -> Step:
+    """Gradual pruning (Zhu & Gupta, 2017): over the first `span` of the retraining, each
+    layer goes from its `start` sparsity to its target along a cubic, which cuts fast while
+    many small weights are left and slowly near the target, in `steps` cuts; the rest of the
+    retraining recovers with the final masks."""
+    done = 0
+
+    def step(fraction: float) -> None:
+        nonlocal done
+        index = min(steps, int(fraction / span * steps) + 1)
+        if index <= done:
+            return
+        done = index
+        left = (1.0 - index / steps) ** 3
+        rules = {
+            re.escape(name): PruneRule(sparsity=target + (start[name] - target) * left)
+            for name, target in targets.items()
+        }
+        prune_(model, PruneConfig(modules=rules), block_sizes=sizes)
+
+    return step
 
 
 def _beyond(reference: float, accuracy: float, budget: float) -> bool:

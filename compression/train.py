@@ -56,9 +56,11 @@ def train(
     parameters: Iterable[nn.Parameter] | None = None,
     teacher: nn.Module | None = None,
     progress: Progress | None = None,
+    before_step: Callable[[float], None] | None = None,
 ) -> list[float]:
     """Train in place; returns the mean loss of each epoch. With a `teacher`, the loss adds
-    distillation towards its soft predictions (temperature 4)."""
+    distillation towards its soft predictions (temperature 4). `before_step(fraction)` is
+    called before each step with the fraction of the steps done (gradual pruning's hook)."""
     params = [
         p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad
     ]
@@ -88,6 +90,8 @@ def train(
     while step < total_steps:
         epoch_loss, epoch_batches = 0.0, 0
         for x, y in _epoch(dataset, config, device, generator):
+            if before_step is not None:
+                before_step(step / total_steps)
             with autocast(device):
                 logits = model(x)  # (batch, classes)
                 if step == 0:

@@ -335,7 +335,7 @@ def test_submit_checks_the_spec_before_uploading(
     assert result.stderr.strip() == (
         "error: invalid spec: unknown field 'rouns' in spec.prune (allowed: sparsity, "
         "threshold, scope, module_types, modules, max_accuracy_drop, rounds, retrain_epochs, "
-        "retrain_lr, scan_samples, distill)"
+        "retrain_lr, scan_samples, distill, gradual)"
     )
 
 

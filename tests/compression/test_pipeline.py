@@ -29,7 +29,15 @@ from compression.errors import InvalidConfigError
 from compression.finetune import codebooks, finetune
 from compression.pipeline import Pipeline, compress_model, prune_block_sizes
 from compression.prune import clone_model, prunable_layers
-from compression.scan import ScanResult, SensitivityCurve, choose, prune_by_scan_, sensitivity
+from compression.scan import (
+    Retrain,
+    ScanResult,
+    SensitivityCurve,
+    Step,
+    choose,
+    prune_by_scan_,
+    sensitivity,
+)
 from compression.train import evaluate, train
 
 CPU = torch.device("cpu")
@@ -49,6 +57,16 @@ def trained(digits: Dataset) -> nn.Module:
     return model
 
 
+def retraining(digits: Dataset) -> Retrain:
+    """The scan's retraining for these tests: one epoch at lr 0.01, seeded by the round."""
+
+    def retrain(candidate: nn.Module, round_index: int, before_step: Step | None) -> None:
+        config = TrainConfig(epochs=1, lr=0.01)
+        train(candidate, digits, config, device=CPU, seed=round_index, before_step=before_step)
+
+    return retrain
+
+
 def test_training_learns_digits(trained: nn.Module, digits: Dataset) -> None:
     assert evaluate(trained, digits, digits.test, device=CPU) > 0.9
 
@@ -62,16 +80,13 @@ def test_scan_keeps_validation_accuracy_within_tolerance(
     def score(candidate: nn.Module) -> float:
         return evaluate(candidate, digits, digits.val, device=CPU)
 
-    def retrain(candidate: nn.Module, round_index: int) -> None:
-        train(candidate, digits, TrainConfig(epochs=1, lr=0.01), device=CPU, seed=round_index)
-
     baseline = score(model)
     result = prune_by_scan_(
         model,
         PruneConfig(max_accuracy_drop=tolerance, rounds=3),
         scan_score=score,
         val_score=score,
-        retrain=retrain,
+        retrain=retraining(digits),
     )
     assert baseline - score(model) <= tolerance + 1e-9
     assert result.final_accuracy == score(model)
@@ -83,6 +98,45 @@ def test_scan_keeps_validation_accuracy_within_tolerance(
         1 - float(get_mask(module).float().mean()) for _, module, _ in prunable_layers(model)
     ]
     assert max(sparsities) >= 0.2  # the scan pruned something
+
+
+@pytest.mark.parametrize("gradual", [0.0, 0.5])
+def test_a_round_reaches_its_sparsity_gradually_over_the_first_part_of_retraining(
+    trained: nn.Module, digits: Dataset, gradual: float
+) -> None:
+    """Zhu & Gupta's ramp: the cut grows step by step and is whole by `gradual` of the
+    round's steps; with 0 the whole cut is made before the first step."""
+    model = copy.deepcopy(trained)
+    seen: list[tuple[float, float]] = []  # (fraction of the steps done, sparsity of fc1)
+
+    def score(candidate: nn.Module) -> float:
+        return evaluate(candidate, digits, digits.val, device=CPU)
+
+    def retrain(candidate: nn.Module, round_index: int, before_step: Step | None) -> None:
+        def step(fraction: float) -> None:
+            if before_step is not None:
+                before_step(fraction)
+            seen.append((fraction, 1 - float(get_mask(candidate.fc1).float().mean())))
+
+        train(candidate, digits, TrainConfig(epochs=1), device=CPU, before_step=step)
+
+    result = prune_by_scan_(
+        model,
+        PruneConfig(max_accuracy_drop=1.0, rounds=1, gradual=gradual),
+        scan_score=score,
+        val_score=score,
+        retrain=retrain,
+    )
+    target = result.rounds[0]["target_sparsity"]["fc1"]
+    sparsities = [sparsity for _, sparsity in seen]
+    assert sparsities == sorted(sparsities), "a ramp never gives weights back"
+    assert sparsities[-1] == pytest.approx(target, abs=0.01)
+    reached = next(fraction for fraction, sparsity in seen if sparsity >= target - 0.01)
+    if gradual:
+        assert 0 < sparsities[0] < target / 2, "the first cut is a small part of the round's"
+        assert 0.4 <= reached <= gradual
+    else:
+        assert reached == 0.0
 
 
 @pytest.mark.parametrize("budget", [0.0, 0.02, 0.1])
@@ -123,15 +177,12 @@ def test_later_scans_stop_each_curve_where_the_choice_is_made(
             calls += 1
             return evaluate(candidate, digits, digits.val, device=CPU)
 
-        def retrain(candidate: nn.Module, round_index: int) -> None:
-            train(candidate, digits, TrainConfig(epochs=1, lr=0.01), device=CPU, seed=round_index)
-
         result = prune_by_scan_(
             model,
             PruneConfig(max_accuracy_drop=0.04, rounds=4),
             scan_score=score,
             val_score=score,
-            retrain=retrain,
+            retrain=retraining(digits),
         )
         return result, model, calls
 

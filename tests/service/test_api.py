@@ -332,7 +332,7 @@ def test_other_users_resources_are_404(
 
 ALLOWED_PRUNE = (
     "sparsity, threshold, scope, module_types, modules, max_accuracy_drop, rounds, "
-    "retrain_epochs, retrain_lr, scan_samples, distill"
+    "retrain_epochs, retrain_lr, scan_samples, distill, gradual"
 )
 
 
