@@ -37,7 +37,7 @@ from compression.prune import (
     stored_weight,
     weight_sparsity,
 )
-from compression.scan import prune_by_scan_
+from compression.scan import Step, prune_by_scan_
 from compression.train import evaluate, predictions_correct, train
 from compression.zoo import get_architecture
 
@@ -332,9 +332,7 @@ class Pipeline:
         def val_score(candidate: nn.Module) -> float:
             return evaluate(candidate, dataset, dataset.val, device=device)
 
-        def retrain_round(
-            candidate: nn.Module, round_index: int, before_step: Callable[[float], None] | None
-        ) -> None:
+        def retrain_round(candidate: nn.Module, round_index: int, before_step: Step | None) -> None:
             def within_round(fraction: float, message: str) -> None:
                 # The stage's progress runs over the rounds: retraining is a slice of one.
                 report(

@@ -217,11 +217,7 @@ def prune_by_scan_(
             break
         while targets and attempts < config.rounds:
             rules = {re.escape(name): PruneRule(sparsity=level) for name, level in targets.items()}
-            if config.gradual > 0:
-                retrain(model, attempts, _ramp(model, current, targets, config.gradual, sizes))
-            else:
-                prune_(model, PruneConfig(modules=rules), block_sizes=sizes)
-                retrain(model, attempts, None)
+            retrain(model, attempts, _ramp(model, current, targets, config.gradual, sizes))
             # The targets exactly, whatever steps the retraining took (none: no epochs).
             prune_(model, PruneConfig(modules=rules), block_sizes=sizes)
             accuracy = val_score(model)
@@ -280,12 +276,12 @@ def _ramp(
     """Gradual pruning (Zhu & Gupta, 2017): over the first `span` of the retraining, each
     layer goes from its `start` sparsity to its target along a cubic, which cuts fast while
     many small weights are left and slowly near the target, in `steps` cuts; the rest of the
-    retraining recovers with the final masks."""
+    retraining recovers with the final masks. With `span` 0 the first step makes the whole cut."""
     done = 0
 
     def step(fraction: float) -> None:
         nonlocal done
-        index = min(steps, int(fraction / span * steps) + 1)
+        index = steps if span == 0 else min(steps, int(fraction / span * steps) + 1)
         if index <= done:
             return
         done = index
